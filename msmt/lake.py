@@ -1,0 +1,75 @@
+"""Lake layout: one function per table, every path keyed by day (`ds`).
+
+    raw/impressions/ds=YYYY-MM-DD/        raw logs as they land (simulator or importers)
+    raw/clicks/ds=…/  raw/conversions/ds=…/
+    raw/truth/ds=…/                       simulator only: true p(click), p(conversion)
+    samples/ds=…/scenario=…/              joined, labelled impressions (build_samples)
+    quarantine/ds=…/source=…/             malformed rows with a reason (build_samples)
+    features/<view>/ds=…/                 aggregates as of 00:00 of ds (build_features)
+    training_sets/ds=…/                   point-in-time training set of one run (Feast)
+    checks/<suite>/ds=….json              Great Expectations results
+    gate/ds=….json                        gate decisions
+
+Every writer overwrites exactly its own partition, which is what makes a
+re-run of a day idempotent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from msmt.settings import Settings
+
+RAW_TABLES = ("impressions", "clicks", "conversions")
+FEATURE_VIEWS = ("user_stats", "item_stats", "user_scenario_stats", "item_scenario_stats")
+
+
+def day(ds: str | dt.date) -> dt.date:
+    """Parse `YYYY-MM-DD` (or pass a date through)."""
+    return ds if isinstance(ds, dt.date) else dt.date.fromisoformat(ds)
+
+
+def days_between(start: str | dt.date, n: int) -> list[str]:
+    first = day(start)
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range(n)]
+
+
+def shift(ds: str | dt.date, days: int) -> str:
+    return (day(ds) + dt.timedelta(days=days)).isoformat()
+
+
+def table(settings: Settings, name: str) -> str:
+    """Root of a table, e.g. `<lake>/raw/impressions`."""
+    return f"{settings.lake.rstrip('/')}/{name}"
+
+
+def raw(settings: Settings, name: str, ds: str | None = None) -> str:
+    root = table(settings, f"raw/{name}")
+    return root if ds is None else f"{root}/ds={ds}"
+
+
+def samples(settings: Settings, ds: str | None = None) -> str:
+    root = table(settings, "samples")
+    return root if ds is None else f"{root}/ds={ds}"
+
+
+def quarantine(settings: Settings, ds: str | None = None) -> str:
+    root = table(settings, "quarantine")
+    return root if ds is None else f"{root}/ds={ds}"
+
+
+def features(settings: Settings, view: str, ds: str | None = None) -> str:
+    root = table(settings, f"features/{view}")
+    return root if ds is None else f"{root}/ds={ds}"
+
+
+def training_set(settings: Settings, ds: str) -> str:
+    return f"{table(settings, 'training_sets')}/ds={ds}"
+
+
+def check_result(settings: Settings, suite: str, ds: str) -> str:
+    return f"{table(settings, f'checks/{suite}')}/ds={ds}.json"
+
+
+def gate_report(settings: Settings, ds: str) -> str:
+    return f"{table(settings, 'gate')}/ds={ds}.json"

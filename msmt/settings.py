@@ -1,0 +1,146 @@
+"""One typed settings object: every path, URI and knob the pipeline reads.
+
+Nothing else in msmt reads the environment. Importing this module has no side
+effects; `Settings.from_env()` resolves the `MSMT_*` variables and
+`settings.ensure_dirs()` creates the project-local state directory.
+
+Profile `local` (the default) keeps all state under `MSMT_HOME` (default
+`<repo>/.msmt`, git-ignored): the lake, Airflow home, MLflow DB and artifacts,
+the Feast registry and the SQLite online store. Profile `cluster` points the
+same fields at S3, a tracking server and a Spark master (see infra/).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Literal
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+Profile = Literal["local", "cluster"]
+
+# Scenario names in id order: the id of a scenario is its index here. The last
+# one is the long-tail scenario (~2% of traffic in the simulator).
+DEFAULT_SCENARIOS = ("homefeed", "search", "detail_page", "mini_app")
+TASKS = ("click", "conversion")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where state lives and how the daily run behaves."""
+
+    # io
+    profile: Profile = "local"
+    home: Path = PROJECT_ROOT / ".msmt"
+    lake_uri: str = ""  # "" -> <home>/lake; "s3://bucket/prefix" for the S3 lake
+    mlflow_tracking_uri: str = ""  # "" -> sqlite:///<home>/mlflow/mlflow.db
+    s3_endpoint_url: str = ""  # "" -> AWS default; set for MinIO / moto
+    spark_master: str = "local[2]"
+    spark_driver_memory: str = "4g"
+
+    # data
+    scenarios: tuple[str, ...] = DEFAULT_SCENARIOS
+    tasks: tuple[str, ...] = TASKS
+    attribution_window_days: int = 2  # conversions may arrive this many days after the click
+    feature_window_days: int = 7  # trailing window of the user / item aggregates
+    train_days: int = 3  # sample days the model trains on; the next day is held out
+    max_quarantine_rate: float = 0.05  # a day with more malformed raw rows fails check_raw
+
+    # model
+    model_name: str = "mmoe"
+    registered_model: str = "msmt_ranker"
+    experiment: str = "msmt_daily"
+    epochs: int = 2
+    batch_size: int = 2048
+    learning_rate: float = 2e-3
+    seed: int = 0
+
+    # gate
+    gate_metric: str = "auc"
+    gate_max_drop: float = 0.002  # allowed AUC drop per cell before a significant loss fails it
+    gate_floor: float = 0.55  # absolute AUC floor of every gated cell (the only rule on a first run)
+    gate_min_rows: int = 500  # cells below this many rows (or 25 positives) are advisory
+    gate_bootstrap: int = 200
+    gate_advisory_scenarios: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from `MSMT_<FIELD>` variables, then explicit overrides."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"MSMT_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _parse(raw, f.type)
+        values.update(overrides)
+        return cls(**values)
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)
+
+    # --- derived locations -------------------------------------------------
+    @property
+    def lake(self) -> str:
+        return self.lake_uri or str(self.home / "lake")
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        return str(self.home / "mlflow" / "artifacts")
+
+    @property
+    def feast_dir(self) -> Path:
+        """Per-profile Feast state: registry and SQLite online store."""
+        return self.home / "feast"
+
+    @property
+    def scenario_ids(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.scenarios)}
+
+    def ensure_dirs(self) -> None:
+        for path in (self.home, self.airflow_home, self.home / "mlflow", self.feast_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        if not self.lake.startswith("s3://"):
+            Path(self.lake).mkdir(parents=True, exist_ok=True)
+
+    def configure_mlflow(self) -> None:
+        """Point MLflow at this profile's tracking store (explicit, never on import)."""
+        import mlflow
+
+        self.ensure_dirs()
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        mlflow.set_tracking_uri(self.mlflow_uri)
+        mlflow.set_registry_uri(self.mlflow_uri)
+        if mlflow.get_experiment_by_name(self.experiment) is None:
+            mlflow.create_experiment(self.experiment, artifact_location=_artifact_location(self))
+        mlflow.set_experiment(self.experiment)
+
+
+def _artifact_location(settings: Settings) -> str:
+    if settings.profile == "cluster" and settings.lake.startswith("s3://"):
+        return f"{settings.lake.rstrip('/')}/mlflow-artifacts/{settings.experiment}"
+    return Path(settings.mlflow_artifact_root, settings.experiment).as_uri()
+
+
+def _parse(raw: str, annotation: object) -> object:
+    """Turn an environment string into the field's type (annotations are strings here)."""
+    kind = str(annotation)
+    if kind.startswith("tuple"):
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+    if kind == "Path":
+        return Path(raw)
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    return raw

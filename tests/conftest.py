@@ -1,0 +1,30 @@
+"""Shared fixtures: one Spark session per test session, settings on a temp home."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from msmt.settings import Settings
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    """Settings whose whole state (lake, MLflow, Feast, Airflow) lives in a fresh temp dir."""
+    s = Settings(home=tmp_path / "msmt", spark_master="local[2]", spark_driver_memory="2g")
+    s.ensure_dirs()
+    return s
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session shared by every test (start-up costs ~10 s)."""
+    from spark_jobs.common import get_spark
+
+    session = get_spark(Settings(spark_driver_memory="2g"), app_name="msmt-tests")
+    yield session
+    session.stop()
