@@ -81,6 +81,14 @@ class Settings:
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)
 
+    def to_env(self) -> dict[str, str]:
+        """`MSMT_*` variables that rebuild these settings in another process (Airflow tasks, torchrun)."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            env[f"MSMT_{f.name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return env
+
     # --- derived locations -------------------------------------------------
     @property
     def lake(self) -> str:

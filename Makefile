@@ -1,0 +1,52 @@
+# msmt — every target sets itself up: a virtualenv with the pinned lock, then runs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+# uv does not read pip's configuration: hand it pip's find-links (where the CPU torch wheel lies).
+export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: install demo test test-unit test-integration e2e lint format airflow-ui mlflow-ui clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==0.13.9
+	$(BIN)/uv pip sync --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: install  ## the main job: a simulated week, then msmt_daily for two days
+	$(BIN)/msmt demo
+
+test: install  ## the whole suite (what CI runs)
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest tests/unit
+
+test-integration: install
+	$(BIN)/pytest -m integration
+
+e2e: install
+	$(BIN)/pytest -m e2e
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+airflow-ui: install  ## Airflow UI on the demo's metadata DB: http://localhost:8080
+	eval "$$($(BIN)/msmt env)" && setsid $(BIN)/airflow standalone
+
+mlflow-ui: install  ## MLflow UI on the demo's runs: http://localhost:5000
+	eval "$$($(BIN)/msmt env)" && $(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/python -c 'from msmt.settings import Settings; print(Settings.from_env().mlflow_uri)')" --port 5000
+
+clean:
+	rm -rf .msmt .pytest_cache .ruff_cache

@@ -1,0 +1,146 @@
+"""
+### msmt_daily — retrain the multi-scenario, multi-task ranker every day
+
+Logs of day `ds` have landed (`ds` = the start of the run's data interval).
+Labels need `attribution_window_days` to mature, so this run **builds samples
+for `ds − window`**, trains the chosen model on the `train_days` sample days
+before it and holds the sample day out for the gate.
+
+| step | what | on failure |
+|---|---|---|
+| `plan_day` | which days are read and written | — |
+| `check_raw_logs` | Great Expectations on the raw days read | run stops, nothing trained |
+| `build_samples` | Spark: join clicks / conversions, quarantine bad rows | retried (idempotent) |
+| `build_features` | Spark: user / item aggregates before each day | retried (idempotent) |
+| `check_samples` | GX: label rates and volume per scenario | run stops |
+| `publish_features` | Feast apply + materialise to the online store | retried |
+| `build_training_set` | Feast point-in-time join | retried |
+| `train_model` | MLflow run + registered version | not retried |
+| `evaluate_model` | champion vs challenger per scenario × task | retried |
+| `promote_model` | `champion` alias moves only on pass | not retried |
+
+All logic lives in `msmt.pipeline`; tasks only pass day plans, URIs and versions.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from msmt.catalog import model_names
+
+
+def _settings():
+    from msmt.settings import Settings
+
+    return Settings.from_env()
+
+
+def _plan(plan: dict):
+    from msmt.pipeline import DayPlan
+
+    return DayPlan(ds=plan["ds"], sample_ds=plan["sample_ds"], train_days=tuple(plan["train_days"]))
+
+
+@dag(
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["msmt", "retraining"],
+    doc_md=__doc__,
+    default_args={"owner": "msmt", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    params={
+        "model": Param("mmoe", type="string", enum=model_names(), description="model of the zoo to train"),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, description="override the model's epochs"),
+        "promote": Param(True, type="boolean", description="move the champion alias on a passing gate"),
+    },
+)
+def msmt_daily():
+    @task
+    def plan_day() -> dict:
+        """#### Which days this run reads and writes"""
+        from msmt.pipeline import plan_day as plan
+
+        ds = get_current_context()["data_interval_start"].date().isoformat()
+        return plan(_settings(), ds).to_dict()
+
+    @task
+    def check_raw_logs(plan: dict) -> dict:
+        """#### Great Expectations on the raw logs the sample day reads"""
+        from msmt import pipeline
+
+        return pipeline.check_raw_logs(_settings(), _plan(plan))
+
+    @task
+    def build_samples(plan: dict, raw_checks: dict) -> dict:
+        """#### Spark: scenario-tagged samples of the matured day"""
+        from msmt import pipeline
+
+        return pipeline.build_samples(_settings(), _plan(plan))
+
+    @task
+    def build_features(plan: dict, raw_checks: dict) -> dict:
+        """#### Spark: user / item aggregates as of each day"""
+        from msmt import pipeline
+
+        return pipeline.build_features(_settings(), _plan(plan))
+
+    @task
+    def check_samples(plan: dict, samples: dict) -> dict:
+        """#### Great Expectations on the sample day, against trailing days"""
+        from msmt import pipeline
+
+        return pipeline.check_samples(_settings(), _plan(plan))
+
+    @task
+    def publish_features(plan: dict, features: dict) -> dict:
+        """#### Feast: apply definitions, materialise to the online store"""
+        from msmt import pipeline
+
+        return pipeline.publish_features(_settings(), _plan(plan))
+
+    @task
+    def build_training_set(plan: dict, sample_checks: dict, published: dict) -> str:
+        """#### Feast point-in-time join of samples and features"""
+        from msmt import pipeline
+
+        return pipeline.build_training_set(_settings(), _plan(plan))
+
+    @task(retries=0)
+    def train_model(plan: dict, training_set: str) -> dict:
+        """#### Train the challenger, log it to MLflow, register a version"""
+        from msmt import pipeline
+
+        params = get_current_context()["params"]
+        overrides = {"epochs": params["epochs"]} if params.get("epochs") else None
+        return pipeline.train_model(_settings(), _plan(plan), training_set, params["model"], overrides)
+
+    @task
+    def evaluate_model(plan: dict, training_set: str, trained: dict) -> dict:
+        """#### Champion vs challenger per scenario × task on the held-out day"""
+        from msmt import pipeline
+
+        return pipeline.evaluate_model(_settings(), _plan(plan), training_set, trained["version"])
+
+    @task(retries=0)
+    def promote_model(decision: dict) -> dict:
+        """#### Move the `champion` alias only if the gate passed"""
+        from msmt import pipeline
+
+        return pipeline.promote_model(_settings(), decision, get_current_context()["params"]["promote"])
+
+    plan = plan_day()
+    raw_checks = check_raw_logs(plan)
+    samples = build_samples(plan, raw_checks)
+    sample_checks = check_samples(plan, samples)
+    published = publish_features(plan, build_features(plan, raw_checks))
+    training_set = build_training_set(plan, sample_checks, published)
+    trained = train_model(plan, training_set)
+    promote_model(evaluate_model(plan, training_set, trained))
+
+
+msmt_daily()

@@ -1,0 +1,82 @@
+"""Feast objects of msmt, built from Settings so every profile shares one definition.
+
+Lineage order as in Feast's templates: entities → sources → feature views →
+feature service. Feature tables are written by `spark_jobs.build_features`: one
+row per key and day, stamped 00:00 UTC and computed only from logs strictly
+before that instant, so a point-in-time join can never leak the future.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.data_format import ParquetFormat
+from feast.types import Float64, Int64, PrimitiveFeastType
+
+from msmt import lake, schemas
+from msmt.settings import Settings
+
+FEATURE_SERVICE = "ranker_v1"
+
+# A day's aggregates stay usable for two days: a late features job falls back
+# to yesterday's values instead of nulls, anything older counts as missing.
+FEATURE_TTL = timedelta(days=2)
+
+_KEYS = {
+    "user_stats": ["user"],
+    "item_stats": ["item"],
+    "user_scenario_stats": ["user", "scenario"],
+    "item_scenario_stats": ["item", "scenario"],
+}
+_DESCRIPTIONS = {
+    "impressions": "impressions in the trailing window",
+    "clicks": "distinct clicked impressions in the trailing window",
+    "conversions": "conversions attributed to those clicks, landed before the day",
+    "ctr": "clicks / impressions, smoothed towards the window's global CTR",
+    "cvr": "conversions / clicks, smoothed towards the window's global CVR",
+}
+
+
+def _feast_type(column: str) -> PrimitiveFeastType:
+    return Float64 if column.endswith(("_ctr", "_cvr")) else Int64
+
+
+def definitions(settings: Settings) -> list[object]:
+    """Every Feast object msmt registers, pointing at this profile's lake."""
+    # Entities: who or what a feature row describes.
+    user = Entity(
+        name="user", join_keys=["user_id"], value_type=ValueType.INT64, description="a person seeing impressions"
+    )
+    item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64, description="a rankable item")
+    scenario = Entity(
+        name="scenario", join_keys=["scenario_id"], value_type=ValueType.INT64, description="surface / tab / country"
+    )
+    entities = {"user": user, "item": item, "scenario": scenario}
+
+    views = []
+    for view, keys in _KEYS.items():
+        source = FileSource(
+            name=f"{view}_source",
+            path=f"{lake.features(settings, view)}/ds=*/*.parquet",  # every day's partition
+            file_format=ParquetFormat(),
+            timestamp_field="event_timestamp",
+            description=f"{view} parquet written daily by spark_jobs.build_features",
+        )
+        views.append(
+            FeatureView(
+                name=view,
+                entities=[entities[key] for key in keys],
+                ttl=FEATURE_TTL,
+                schema=[
+                    Field(name=column, dtype=_feast_type(column), description=_DESCRIPTIONS[column.split("_", 1)[1]])
+                    for column in schemas.feature_columns(view)
+                ],
+                online=True,
+                source=source,
+                tags={"owner": "msmt", "grain": "daily"},
+            )
+        )
+    # The model contract: the trainer and the online scorer fetch exactly these.
+    service = FeatureService(name=FEATURE_SERVICE, features=views, tags={"owner": "msmt"})
+    return [*entities.values(), *views, service]

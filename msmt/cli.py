@@ -1,0 +1,130 @@
+"""`msmt`: one command per step, the same functions the DAG calls."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated
+
+import typer
+
+from msmt.settings import Settings
+
+app = typer.Typer(help="msmt: daily retraining of multi-scenario, multi-task ranking models.", no_args_is_help=True)
+
+Day = Annotated[str, typer.Option("--ds", help="run day YYYY-MM-DD (logs of this day have landed)")]
+
+
+def _settings() -> Settings:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return Settings.from_env()
+
+
+@app.command()
+def simulate(
+    start: Annotated[str, typer.Option(help="first day YYYY-MM-DD")],
+    days: Annotated[int, typer.Option(help="number of days")] = 7,
+    impressions_per_day: Annotated[int, typer.Option(help="impressions per day")] = 200_000,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same logs)")] = 0,
+    malformed_rate: Annotated[float, typer.Option(help="share of malformed rows per raw table")] = 0.002,
+) -> None:
+    """Write simulated raw impressions, clicks, conversions (and true probabilities) to the lake."""
+    from msmt.simulate import SimConfig, simulate as run
+
+    counts = run(_settings(), start, days, impressions_per_day, seed, SimConfig(malformed_rate=malformed_rate))
+    typer.echo(json.dumps(counts, indent=1, default=str))
+
+
+@app.command()
+def run(
+    ds: Day,
+    model: Annotated[str, typer.Option(help="model of the zoo (msmt models)")] = "mmoe",
+    promote: Annotated[bool, typer.Option(help="move the champion alias on a passing gate")] = True,
+) -> None:
+    """Run the real msmt_daily DAG for one day, in-process (Airflow's test runner)."""
+    from msmt import orchestration
+    from msmt.demo import gate_summary
+
+    settings = _settings()
+    state = orchestration.run_daily(settings, ds, {"model": model, "promote": promote})
+    typer.echo(gate_summary(settings, ds))
+    if state != "success":
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def samples(ds: Day) -> None:
+    """Build the samples of the matured day `ds - attribution window` (Spark)."""
+    from msmt import pipeline
+
+    settings = _settings()
+    typer.echo(json.dumps(pipeline.build_samples(settings, pipeline.plan_day(settings, ds)), indent=1, default=str))
+
+
+@app.command()
+def features(ds: Day) -> None:
+    """Build the feature days a run for `ds` needs (Spark) and publish them to Feast."""
+    from msmt import pipeline
+
+    settings = _settings()
+    plan = pipeline.plan_day(settings, ds)
+    pipeline.build_features(settings, plan)
+    typer.echo(json.dumps(pipeline.publish_features(settings, plan), default=str))
+
+
+@app.command()
+def train(
+    ds: Day,
+    model: Annotated[str, typer.Option(help="model of the zoo (msmt models)")] = "mmoe",
+    epochs: Annotated[int | None, typer.Option(help="override the number of epochs")] = None,
+) -> None:
+    """Train a challenger on the run's training set (built by `msmt run` or the DAG) and gate it."""
+    from msmt import lake, pipeline
+
+    settings = _settings()
+    plan = pipeline.plan_day(settings, ds)
+    training_set = lake.training_set(settings, plan.sample_ds)
+    trained = pipeline.train_model(settings, plan, training_set, model, {"epochs": epochs} if epochs else None)
+    decision = pipeline.evaluate_model(settings, plan, training_set, trained["version"])
+    typer.echo(f"version {trained['version']} (run {trained['run_id']}): gate {'passed' if decision['passed'] else 'failed'}")
+
+
+@app.command()
+def rollback() -> None:
+    """Point `champion` back at the previous champion."""
+    from training.promotion import rollback as restore
+
+    typer.echo(json.dumps(restore(_settings()), indent=1, default=str))
+
+
+@app.command()
+def models() -> None:
+    """List the model zoo."""
+    from training.models import REGISTRY
+
+    for name, entry in sorted(REGISTRY.items()):
+        typer.echo(f"{name:<16} {entry.description}")
+
+
+@app.command()
+def env() -> None:
+    """Print the exports that point Airflow and MLflow at this profile (for their UIs)."""
+    from msmt.orchestration import airflow_env
+
+    for key, value in sorted(airflow_env(Settings.from_env()).items()):
+        typer.echo(f"export {key}={value}")
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(help="days of logs to simulate")] = 7,
+    impressions_per_day: Annotated[int, typer.Option(help="impressions per day")] = 200_000,
+    seed: Annotated[int, typer.Option(help="simulator seed")] = 0,
+    reset: Annotated[bool, typer.Option(help="start from an empty MSMT_HOME")] = True,
+) -> None:
+    """Simulate a week and run msmt_daily for its last two days."""
+    from msmt.demo import run_demo
+
+    result = run_demo(_settings(), days, impressions_per_day, seed, reset)
+    if any(state != "success" for state in result["states"].values()):
+        raise typer.Exit(code=1)

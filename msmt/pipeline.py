@@ -1,0 +1,128 @@
+"""The daily run as plain functions: what each `msmt_daily` task calls.
+
+A data scientist can run a day from a notebook with the same code path as the
+scheduler:
+
+    from msmt import pipeline
+    settings = Settings.from_env()
+    plan = pipeline.plan_day(settings, "2026-01-08")
+    pipeline.build_samples(settings, plan)
+
+The run for day `ds` builds samples for `ds - attribution_window_days` (labels
+have matured by then), trains on the `train_days` sample days before it and
+holds that sample day out for the gate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from msmt import lake
+from msmt.settings import Settings
+
+log = logging.getLogger("msmt.pipeline")
+
+
+@dataclass(frozen=True)
+class DayPlan:
+    """Which days one run reads and writes."""
+
+    ds: str  # the run day: newest raw logs
+    sample_ds: str  # labels matured: built, and held out for evaluation
+    train_days: tuple[str, ...]  # sample days the challenger learns from
+
+    @property
+    def feature_days(self) -> tuple[str, ...]:
+        return (*self.train_days, self.sample_ds)
+
+    @property
+    def raw_days(self) -> tuple[str, ...]:
+        """Raw partitions the sample day reads: its clicks and conversions land up to `ds`."""
+        window = (lake.day(self.ds) - lake.day(self.sample_ds)).days
+        return tuple(lake.days_between(self.sample_ds, window + 1))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "train_days": list(self.train_days)}
+
+
+def plan_day(settings: Settings, ds: str) -> DayPlan:
+    sample_ds = lake.shift(ds, -settings.attribution_window_days)
+    train_days = tuple(lake.days_between(lake.shift(sample_ds, -settings.train_days), settings.train_days))
+    log.info("run %s: samples for %s (attribution window %d d), training on %s", ds, sample_ds,
+             settings.attribution_window_days, ", ".join(train_days))
+    return DayPlan(ds=ds, sample_ds=sample_ds, train_days=train_days)
+
+
+def _missing(days: tuple[str, ...], path_of) -> list[str]:
+    return [d for d in days if not Path(path_of(d)).exists()]
+
+
+def check_raw_logs(settings: Settings, plan: DayPlan) -> dict:
+    """Great Expectations on every raw day the sample day reads; stops the run on failure."""
+    from spark_jobs.checks import check_raw
+
+    return {d: check_raw(settings, d)["success"] for d in plan.raw_days}
+
+
+def build_samples(settings: Settings, plan: DayPlan) -> dict:
+    """Build the sample day (always, idempotently) and any training day still missing."""
+    from spark_jobs import build_samples as job
+    from spark_jobs.common import get_spark
+
+    spark = get_spark(settings)
+    catch_up = _missing(plan.train_days, lambda d: lake.samples(settings, d))
+    stats = {d: job.run(spark, settings, d) for d in [*catch_up, plan.sample_ds]}
+    return {"built": list(stats), "stats": stats[plan.sample_ds]}
+
+
+def build_features(settings: Settings, plan: DayPlan) -> dict:
+    """Feature days for training and evaluation: missing ones, and the sample day always."""
+    from spark_jobs import build_features as job
+    from spark_jobs.common import get_spark
+
+    spark = get_spark(settings)
+    missing = _missing(plan.train_days, lambda d: lake.features(settings, "user_stats", d))
+    for d in [*missing, plan.sample_ds]:
+        job.run(spark, settings, d)
+    return {"built": [*missing, plan.sample_ds]}
+
+
+def check_samples(settings: Settings, plan: DayPlan) -> dict:
+    from spark_jobs.checks import check_samples as check
+
+    return check(settings, plan.sample_ds)
+
+
+def publish_features(settings: Settings, plan: DayPlan) -> dict:
+    from msmt import features
+
+    return features.publish(settings, list(plan.feature_days))
+
+
+def build_training_set(settings: Settings, plan: DayPlan) -> str:
+    from msmt import features
+
+    return features.build_training_set(settings, list(plan.feature_days), plan.sample_ds)
+
+
+def train_model(settings: Settings, plan: DayPlan, training_set: str, model: str, overrides: dict | None) -> dict:
+    from training.train import train_model as train
+
+    return train(settings, training_set, plan.sample_ds, model, overrides, run_name=f"{model}-{plan.ds}")
+
+
+def evaluate_model(settings: Settings, plan: DayPlan, training_set: str, version: str) -> dict:
+    from training.promotion import evaluate_and_gate
+
+    return evaluate_and_gate(settings, training_set, plan.sample_ds, version)
+
+
+def promote_model(settings: Settings, decision: dict, promote: bool) -> dict:
+    from training.promotion import promote as move_alias
+
+    if not promote:
+        log.info("promote=False (experiment or backfill): the champion alias stays where it is")
+        return {"moved": False, "reason": "promotion disabled for this run"}
+    return move_alias(settings, decision)

@@ -1,0 +1,261 @@
+"""Spark session, raw-log readers and the row-validation rules shared by every job.
+
+The quarantine rules live here, once: build_samples writes what they reject to
+the quarantine table, build_features drops the same rows, so a sample and a
+feature never disagree about which raw rows count.
+
+Each `flag_*` function is DataFrame in, DataFrame out: it keeps the raw columns
+(plus the partition day `ds`) and adds `reason`, null for a usable row and the
+first rule the row breaks otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Iterable, Sequence
+from functools import reduce
+
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from msmt import lake, schemas
+from msmt.settings import Settings
+
+log = logging.getLogger("msmt.spark")
+
+SECONDS_PER_DAY = 86_400
+IMPRESSION_KEYS = ("impression_id", "request_id", "ts", "user_id", "item_id", "scenario")
+CLICK_KEYS = ("click_id", "impression_id", "ts")
+CONVERSION_KEYS = ("conversion_id", "click_id", "ts")
+RECORD_IDS = {"impressions": "impression_id", "clicks": "click_id", "conversions": "conversion_id"}
+
+
+class MissingPartitionError(FileNotFoundError):
+    """A raw partition the job cannot run without has not landed."""
+
+
+# Runtime SQL settings every job relies on, applied to a reused session too.
+SQL_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",  # Feast and pyarrow need us, not INT96
+}
+
+
+def get_spark(settings: Settings, app_name: str = "msmt") -> SparkSession:
+    """The active session, or a new one configured from settings; UTC and microsecond timestamps either way."""
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        builder = (
+            SparkSession.builder.appName(app_name)
+            .master(settings.spark_master)
+            .config("spark.driver.memory", settings.spark_driver_memory)
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+        )
+        if settings.spark_master.startswith("local"):
+            builder = builder.config("spark.sql.shuffle.partitions", "4")  # tiny local days: 200 is all overhead
+        spark = builder.getOrCreate()
+        spark.sparkContext.setLogLevel("ERROR")
+    for key, value in SQL_CONF.items():
+        spark.conf.set(key, value)
+    return spark
+
+
+def spark_uri(uri: str) -> str:
+    """Hadoop reads S3 through the s3a connector; the lake names it s3://."""
+    return "s3a://" + uri.removeprefix("s3://") if uri.startswith("s3://") else uri
+
+
+def spark_schema(schema: pa.Schema) -> T.StructType:
+    """The Spark mirror of a pyarrow contract in msmt.schemas."""
+    return T.StructType([T.StructField(f.name, _spark_type(f.type), True) for f in schema])
+
+
+_SPARK_TYPES = {
+    pa.string(): T.StringType(),
+    pa.int64(): T.LongType(),
+    pa.int32(): T.IntegerType(),
+    pa.float64(): T.DoubleType(),
+    schemas.TS: T.TimestampType(),
+}
+
+
+def _spark_type(kind: pa.DataType) -> T.DataType:
+    if pa.types.is_list(kind):
+        return T.ArrayType(_spark_type(kind.value_type), True)
+    return _SPARK_TYPES[kind]
+
+
+def path_exists(spark: SparkSession, uri: str) -> bool:
+    """Existence through Hadoop's FileSystem, so local dirs and s3a behave alike."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(spark_uri(uri))
+    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(path)
+
+
+def read_raw(
+    spark: SparkSession, settings: Settings, name: str, days: Iterable[str], required: Sequence[str] = ()
+) -> DataFrame:
+    """Raw table `name` over `days`, with the partition day as column `ds`.
+
+    A missing day in `required` raises MissingPartitionError; any other missing day
+    (history before the first log, conversions not landed yet) reads as empty.
+    """
+    schema = spark_schema(schemas.RAW[name])
+    frames, missing = [], []
+    for ds in days:
+        uri = lake.raw(settings, name, ds)
+        if not path_exists(spark, uri):
+            if ds in required:
+                raise MissingPartitionError(f"raw/{name} for ds={ds} has not landed: {uri}")
+            missing.append(ds)
+            continue
+        frames.append(spark.read.schema(schema).parquet(spark_uri(uri)).withColumn("ds", F.lit(ds)))
+    if missing:
+        log.warning("raw/%s: no partition for %s, read as empty", name, ", ".join(missing))
+    if not frames:
+        return spark.createDataFrame([], schema.add("ds", T.StringType()))
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out
+
+
+def _first_failure(*rules: tuple[Column, str]) -> Column:
+    """The reason of the first rule that holds, else null."""
+    expr = F.lit(None).cast("string")
+    for condition, reason in reversed(rules):
+        expr = F.when(condition, F.lit(reason)).otherwise(expr)
+    return expr
+
+
+def _any_null(columns: Sequence[str]) -> Column:
+    return reduce(operator.or_, [F.col(c).isNull() for c in columns])
+
+
+def _outside_day(ts: str = "ts") -> Column:
+    return F.to_date(F.col(ts)) != F.to_date(F.col("ds"))
+
+
+def _after(later: str, earlier: str, days: int) -> Column:
+    return F.col(later) > F.col(earlier) + F.expr(f"INTERVAL {days} DAYS")
+
+
+def _keep_first(df: DataFrame, key: str, order: Sequence[str], reason: str) -> DataFrame:
+    """Flag every usable row but the first per `key` (by `order`) with `reason`."""
+    rank = F.row_number().over(Window.partitionBy(key, F.col("reason").isNull()).orderBy(*order))
+    return df.withColumn(
+        "reason", F.when(F.col("reason").isNull() & (rank > 1), F.lit(reason)).otherwise(F.col("reason"))
+    )
+
+
+def flag_impressions(impressions: DataFrame, scenarios: Sequence[str]) -> DataFrame:
+    """Rules: null_key, unknown_scenario, ts_outside_day, bad_position, duplicate_impression (first kept)."""
+    flagged = impressions.withColumn(
+        "reason",
+        _first_failure(
+            (_any_null(IMPRESSION_KEYS), "null_key"),
+            (~F.col("scenario").isin(list(scenarios)), "unknown_scenario"),
+            (_outside_day(), "ts_outside_day"),
+            (F.col("position").isNull() | (F.col("position") < 0), "bad_position"),
+        ),
+    )
+    order = ("ts", "ds", "request_id", "user_id", "item_id", "position")
+    return _keep_first(flagged, "impression_id", order, "duplicate_impression")
+
+
+def flag_clicks(clicks: DataFrame, impressions: DataFrame, window_days: int) -> DataFrame:
+    """Rules: null_key, ts_outside_day, orphan_click, click_before_impression, after_attribution_window,
+    duplicate_click (the first click on an impression counts, later ones are set aside).
+
+    `impressions` are usable impressions; adds their `impression_ts`.
+    """
+    shown = impressions.select("impression_id", F.col("ts").alias("impression_ts"))
+    flagged = clicks.join(shown, "impression_id", "left").withColumn(
+        "reason",
+        _first_failure(
+            (_any_null(CLICK_KEYS), "null_key"),
+            (_outside_day(), "ts_outside_day"),
+            (F.col("impression_ts").isNull(), "orphan_click"),
+            (F.col("ts") < F.col("impression_ts"), "click_before_impression"),
+            (_after("ts", "impression_ts", window_days), "after_attribution_window"),
+        ),
+    )
+    return _keep_first(flagged, "impression_id", ("ts", "click_id"), "duplicate_click")
+
+
+def flag_conversions(conversions: DataFrame, clicks: DataFrame, window_days: int) -> DataFrame:
+    """Rules: null_key, ts_outside_day, no_matching_click, conversion_before_click, after_attribution_window.
+
+    `clicks` are flagged clicks: a conversion may follow any genuine click, a
+    duplicate one included (the impression was clicked either way). Adds the
+    click's `impression_id` and `click_ts`.
+    """
+    genuine = (
+        clicks.where(F.col("reason").isNull() | (F.col("reason") == "duplicate_click"))
+        .groupBy("click_id")
+        .agg(F.min("ts").alias("click_ts"), F.min("impression_id").alias("impression_id"))
+    )
+    flagged = conversions.join(genuine, "click_id", "left").withColumn(
+        "reason",
+        _first_failure(
+            (_any_null(CONVERSION_KEYS), "null_key"),
+            (_outside_day(), "ts_outside_day"),
+            (F.col("click_ts").isNull(), "no_matching_click"),
+            (F.col("ts") < F.col("click_ts"), "conversion_before_click"),
+            (_after("ts", "click_ts", window_days), "after_attribution_window"),
+        ),
+    )
+    return flagged
+
+
+def usable(flagged: DataFrame) -> DataFrame:
+    return flagged.where(F.col("reason").isNull())
+
+
+def quarantine_rows(flagged: DataFrame, source: str, ds: str) -> DataFrame:
+    """Rows of partition `ds` that broke a rule, as schemas.QUARANTINE (payload = the raw row as JSON)."""
+    raw_columns = schemas.RAW[source].names
+    payload = F.to_json(
+        F.struct(*raw_columns),
+        {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"},
+    )
+    return flagged.where((F.col("ds") == ds) & F.col("reason").isNotNull()).select(
+        F.lit(source).alias("source"),
+        F.col(RECORD_IDS[source]).alias("record_id"),
+        F.col("reason"),
+        payload.alias("payload"),
+    )
+
+
+def labelled_impressions(impressions: DataFrame, clicks: DataFrame, conversions: DataFrame) -> DataFrame:
+    """Usable impressions with 0/1 `click` and `conversion` (conversion implies click).
+
+    `clicks` and `conversions` are flagged frames; only usable rows label.
+    """
+    clicked = usable(clicks).select("impression_id", F.lit(1).alias("click"))
+    converted = (
+        usable(conversions).select("impression_id").distinct().select("impression_id", F.lit(1).alias("conversion"))
+    )
+    return (
+        usable(impressions)
+        .join(clicked, "impression_id", "left")
+        .join(converted, "impression_id", "left")
+        .select(
+            *[F.col(c) for c in schemas.IMPRESSIONS.names],
+            F.col("ds"),
+            F.coalesce(F.col("click"), F.lit(0)).cast("int").alias("click"),
+            (F.coalesce(F.col("click"), F.lit(0)) * F.coalesce(F.col("conversion"), F.lit(0)))
+            .cast("int")
+            .alias("conversion"),
+        )
+    )
+
+
+def count_by(df: DataFrame, *columns: str) -> dict[tuple, int]:
+    """Small group-by counts collected to the driver."""
+    return {tuple(row[c] for c in columns): row["count"] for row in df.groupBy(*columns).count().collect()}

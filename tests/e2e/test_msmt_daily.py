@@ -1,0 +1,117 @@
+"""The real `msmt_daily` DAG, run by Airflow's test runner for consecutive days on tiny data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+import pytest
+
+from msmt import lake, orchestration
+from msmt.pipeline import plan_day
+from msmt.simulate import SimConfig, simulate
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+START = "2026-02-01"
+DAY1, DAY2, BROKEN_DAY = lake.shift(START, 5), lake.shift(START, 6), lake.shift(START, 7)
+
+
+@pytest.fixture(scope="module")
+def world(session_settings):
+    """Eight days of tiny logs; the runs need the environment Airflow was configured with."""
+    saved = dict(os.environ)
+    settings = session_settings.with_(gate_min_rows=300, epochs=2)
+    simulate(settings, START, 8, 6_000, seed=3, config=SimConfig(n_users=3_000, n_items=800), progress=False)
+    yield settings
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _client(settings):
+    import mlflow
+
+    settings.configure_mlflow()
+    return mlflow.MlflowClient()
+
+
+def _alias(settings, name: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client(settings).get_model_version_by_alias(settings.registered_model, name).version
+    except MlflowException:
+        return None
+
+
+def _task_states(ds: str) -> dict[str, str]:
+    from msmt.demo import task_durations
+
+    return {task: state for task, _, state in task_durations(ds)}
+
+
+def _sample_rows(settings, ds: str) -> set[tuple]:
+    table = pds.dataset(lake.samples(settings, ds), partitioning="hive").to_table()
+    return set(zip(*(table[c].to_pylist() for c in ("impression_id", "click", "conversion", "scenario")), strict=True))
+
+
+@pytest.fixture(scope="module")
+def day1(world):
+    state = orchestration.run_daily(world, DAY1)
+    return state, _sample_rows(world, plan_day(world, DAY1).sample_ds)
+
+
+@pytest.fixture(scope="module")
+def day2(world, day1):
+    return orchestration.run_daily(world, DAY2)
+
+
+def test_day1_accounts_for_every_impression_and_crowns_a_champion(world, day1):
+    state, rows = day1
+    assert state == "success", _task_states(DAY1)
+    sample_ds = plan_day(world, DAY1).sample_ds
+    raw = pq.read_table(lake.raw(world, "impressions", sample_ds)).num_rows
+    quarantined = pds.dataset(lake.quarantine(world, sample_ds), partitioning="hive").to_table()
+    from_impressions = quarantined.filter(pds.field("source") == "impressions").num_rows
+    assert from_impressions > 0  # the simulator injects malformed rows
+    assert len(rows) + from_impressions == raw
+    assert _alias(world, "champion") is not None
+
+
+def test_day2_logs_the_full_gate_matrix(world, day2):
+    assert day2 == "success", _task_states(DAY2)
+    client = _client(world)
+    version = client.get_model_version(world.registered_model, max(
+        int(v.version) for v in client.search_model_versions(f"name='{world.registered_model}'")))
+    assert version.tags["gate.champion_version"] != "None"  # compared against day 1's champion
+    run = client.get_run(version.run_id)
+    cells = [k for k in run.data.metrics if k.startswith("gate.diff.")]
+    assert len(cells) == len(world.scenarios) * len(world.tasks)
+    assert Path(lake.gate_report(world, plan_day(world, DAY2).sample_ds)).exists()
+
+
+def test_rerunning_day1_is_idempotent_and_keeps_aliases_sound(world, day1, day2):
+    _, rows_before = day1
+    assert orchestration.run_daily(world, DAY1) == "success"
+    assert _sample_rows(world, plan_day(world, DAY1).sample_ds) == rows_before
+    champion = _alias(world, "champion")
+    client = _client(world)
+    assert client.get_model_version(world.registered_model, champion).tags["gate.passed"] == "true"
+    assert _alias(world, "previous_champion") not in (None, champion)
+
+
+def test_schema_broken_day_stops_before_training(world, day2):
+    champion_before = _alias(world, "champion")
+    versions_before = len(_client(world).search_model_versions(f"name='{world.registered_model}'"))
+    path = Path(lake.raw(world, "impressions", BROKEN_DAY), "part-0.parquet")
+    table = pq.read_table(path)
+    pq.write_table(table.rename_columns(["uid" if c == "user_id" else c for c in table.column_names]), path)
+
+    assert orchestration.run_daily(world, BROKEN_DAY) == "failed"
+    states = _task_states(BROKEN_DAY)
+    assert states["check_raw_logs"] == "failed"
+    assert states["train_model"] == "upstream_failed"
+    assert _alias(world, "champion") == champion_before
+    assert len(_client(world).search_model_versions(f"name='{world.registered_model}'")) == versions_before

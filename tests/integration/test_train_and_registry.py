@@ -1,0 +1,182 @@
+"""Train → registry → gate → promote → rollback on real MLflow (SQLite under a temp home).
+
+The training set is synthetic but follows docs/CONTRACTS.md "Training set" column
+for column; labels follow two feature columns, so a trained model clears the
+gate's floor and an untrained one (lr=0) falls far below the champion.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from msmt import lake, schemas
+from msmt.settings import Settings
+from training.promotion import (
+    PromotionError,
+    alias_history,
+    current_champion,
+    evaluate_and_gate,
+    promote,
+    rollback,
+)
+from training.pyfunc import load_ranker
+from training.train import partition_digest, train_model
+
+pytestmark = pytest.mark.integration
+
+SCENARIOS = ("homefeed", "search", "mini_app")  # mini_app: ~3% of rows, so its cells are advisory
+DAYS = ("2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04")
+EVAL_DS = DAYS[-1]
+FAST = {"epochs": 6, "batch_size": 256, "lr": 1e-2, "emb_dim": 8, "n_experts": 2, "expert_dims": (32,)}
+
+
+def write_training_set(settings: Settings, rows_per_day: int = 2200, seed: int = 0) -> str:
+    """One parquet file under training_sets/ds=<eval day>/ with every contract column."""
+    rng = np.random.default_rng(seed)
+    n = rows_per_day * len(DAYS)
+    click_signal, buy_signal = rng.normal(size=n), rng.normal(size=n)
+    category = rng.integers(0, 10, n)
+    p_click = 1 / (1 + np.exp(-(2.0 * click_signal + 1.5 * (category % 2) - 1.2)))
+    click = rng.random(n) < p_click
+    conversion = click & (rng.random(n) < 1 / (1 + np.exp(-(2.0 * buy_signal - 0.5))))
+    columns = {
+        "impression_id": [f"imp{i}" for i in range(n)],
+        "request_id": [f"req{i // 10}" for i in range(n)],
+        "event_timestamp": np.repeat(np.array(DAYS, dtype="datetime64[us]"), rows_per_day),
+        "user_id": rng.integers(1, 5000, n),
+        "item_id": rng.integers(1, 2000, n),
+        "scenario_id": rng.choice(len(SCENARIOS), n, p=[0.52, 0.45, 0.03]),
+        "position": rng.integers(0, 10, n),
+        "device": rng.choice(["ios", "android", "web"], n),
+        "hour": rng.integers(0, 24, n),
+        "user_segment": rng.integers(0, 8, n),
+        "item_category": category,
+        "item_price_bucket": rng.integers(0, 5, n),
+        "hist_item_ids": [list(rng.integers(1, 2000, k)) for k in rng.integers(0, 6, n)],
+        "click": click,
+        "conversion": conversion,
+    }
+    fields = list(schemas.SAMPLES)
+    for view, view_schema in schemas.FEATURES.items():
+        for name in schemas.feature_columns(view):
+            kind = view_schema.field(name).type
+            fields.append(pa.field(name, kind))
+            values = rng.integers(0, 50, n) if pa.types.is_integer(kind) else rng.normal(size=n)
+            columns[name] = np.where(rng.random(n) < 0.05, None, values)  # unseen users / items: null
+    columns["u_ctr"], columns["i_cvr"] = click_signal, buy_signal
+    fields.append(pa.field("ds", pa.string()))
+    columns["ds"] = np.repeat(DAYS, rows_per_day)
+    table = pa.Table.from_pydict(
+        {f.name: pa.array(columns[f.name], from_pandas=True).cast(f.type) for f in fields}, pa.schema(fields)
+    )
+    uri = lake.training_set(settings, EVAL_DS)
+    Path(uri).mkdir(parents=True)
+    pq.write_table(table, f"{uri}/part-0.parquet")
+    return uri
+
+
+@pytest.fixture
+def env(settings: Settings) -> tuple[Settings, str]:
+    s = settings.with_(scenarios=SCENARIOS)
+    return s, write_training_set(s)
+
+
+def test_train_model_logs_a_registered_challenger(env):
+    settings, uri = env
+    result = train_model(settings, uri, EVAL_DS, overrides=FAST)
+
+    client = MlflowClient()
+    run = client.get_run(result["run_id"])
+    assert run.data.params["model"] == "mmoe"
+    assert run.data.params["train_days"] == ",".join(DAYS[:-1])
+    assert run.data.params["eval_ds"] == EVAL_DS
+    assert run.data.params["train.lr"] == "0.01"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == list(range(6))
+    for cell in ("homefeed.click", "homefeed.conversion", "search.click", "search.conversion"):
+        assert run.data.metrics[f"auc.{cell}"] > 0.7, cell
+        assert f"logloss.{cell}" in run.data.metrics
+    assert result["metrics"]["auc.homefeed.click"] == run.data.metrics["auc.homefeed.click"]
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == partition_digest(uri)
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} >= {"eval/auc_by_cell.png"}
+
+    version = client.get_model_version(settings.registered_model, result["version"])
+    assert version.run_id == run.info.run_id
+    assert version.tags["status"] == "challenger" and version.tags["eval_ds"] == EVAL_DS
+    assert result["model_uri"] == f"models:/{settings.registered_model}/{result['version']}"
+
+    pyfunc = mlflow.pyfunc.load_model(result["model_uri"])
+    assert "hist_item_ids" in pyfunc.metadata.get_input_schema().input_names()
+    rows = pq.read_table(uri).slice(0, 64).to_pandas()  # extra columns (labels, timestamps) are ignored
+    rows.loc[0, "u_ctr"] = None  # a feature never computed for a new user
+    predictions = pyfunc.predict(rows)
+    assert list(predictions.columns) == ["p_click", "p_conversion"]
+    assert len(predictions) == 64 and predictions.notna().all().all()
+    assert ((predictions > 0) & (predictions < 1)).all().all()
+    model, spec = load_ranker(result["model_uri"])
+    assert spec.n_scenarios == len(SCENARIOS) and not model.training
+
+
+def test_gate_promotes_refuses_and_rolls_back(env, capsys):
+    settings, uri = env
+    name = settings.registered_model
+    client = MlflowClient()
+
+    v1 = train_model(settings, uri, EVAL_DS, overrides=FAST)["version"]
+    first = evaluate_and_gate(settings, uri, EVAL_DS, v1)
+    assert first["passed"] and first["first_run"] and first["champion_version"] is None
+    assert "gate on auc: PASSED (first run)" in capsys.readouterr().out
+    assert json.loads(Path(lake.gate_report(settings, EVAL_DS)).read_text())["challenger_version"] == v1
+    assert promote(settings, first, actor="test")["promoted"]
+    assert current_champion(settings) == v1
+
+    v2 = train_model(settings, uri, EVAL_DS, overrides={**FAST, "seed": 1})["version"]
+    v3 = train_model(settings, uri, EVAL_DS, overrides={**FAST, "seed": 2})["version"]
+    bad = train_model(settings, uri, EVAL_DS, overrides={**FAST, "lr": 0.0}, run_name="untrained")["version"]
+    second, third = (evaluate_and_gate(settings, uri, EVAL_DS, v) for v in (v2, v3))
+    assert second["passed"] and second["champion_version"] == v1, second["reasons"]
+    assert third["passed"] and third["champion_version"] == v1, third["reasons"]
+    mini_app = [c for c in second["cells"] if c["scenario"] == "mini_app"]
+    assert {c["status"] for c in mini_app} == {"advisory"}
+
+    failed = evaluate_and_gate(settings, uri, EVAL_DS, bad)
+    assert not failed["passed"] and any("homefeed/click fail" in r for r in failed["reasons"])
+    assert promote(settings, failed) == {"promoted": False, "champion": v1, "reason": f"gate failed for v{bad}"}
+    assert current_champion(settings) == v1
+    bad_version = client.get_model_version(name, bad)
+    assert bad_version.tags["gate.passed"] == "false" and bad_version.tags["status"] == "rejected"
+    assert client.get_metric_history(bad_version.run_id, "gate.passed")[-1].value == 0.0
+    assert {a.path for a in client.list_artifacts(bad_version.run_id, "gate")} >= {"gate/matrix.json"}
+
+    moved = promote(settings, second, actor="test")
+    assert moved["promoted"] and moved["previous_champion"] == v1
+    assert client.get_model_version_by_alias(name, "previous_champion").version == v1
+    assert promote(settings, second)["promoted"] is False  # a retried task is a no-op
+    with pytest.raises(PromotionError, match="stale decision"):
+        promote(settings, third)  # judged against v1, but v2 is champion now
+    assert current_champion(settings) == v2
+
+    undone = rollback(settings, actor="test", reason="bad online metrics")
+    assert undone["champion"] == v1 and undone["rolled_back"] == v2
+    assert current_champion(settings) == v1
+    assert client.get_model_version(name, v2).tags["status"] == "rolled_back"
+    with pytest.raises(PromotionError, match="nothing to roll back"):
+        rollback(settings)
+    history = alias_history(settings)
+    assert [(h["alias"], h["to"]) for h in history] == [
+        ("champion", v1),
+        ("previous_champion", v1),
+        ("champion", v2),
+        ("champion", v1),
+        ("previous_champion", None),
+    ]
+    assert history[-2]["by"] == "test" and "bad online metrics" in history[-2]["why"]

@@ -1,0 +1,310 @@
+"""From a training-set table to tensors the models eat, without a per-row Python path.
+
+`encode` turns a pyarrow table (SAMPLES columns + feature columns + `ds`) into a
+`TensorData` of dense tensors; `TensorData.batches` slices it, so an epoch on a
+GPU is one permutation plus views when the whole set sits on the device.
+
+Id encoding (id 0 is reserved everywhere for null / unknown / sequence padding):
+- `hashed_fields` and every string field: `1 + splitmix64(id) mod (vocab - 1)`;
+  strings are dictionary-encoded first and only the distinct values hashed
+  (blake2b), so codes are stable across processes and machines;
+- other integer fields (small categoricals such as position or hour): `1 + id mod (vocab - 1)`,
+  i.e. the identity for in-range ids, so small vocabularies never collide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import torch
+
+from msmt import schemas
+
+_BATCH_KEYS = ("sparse", "dense", "seq", "scenario", "labels", "label_mask")
+
+
+@dataclass
+class FeatureSpec:
+    """Which columns feed the model and how they are encoded (logged with the model)."""
+
+    sparse_fields: list[str]
+    vocab_sizes: list[int]  # table rows per sparse field, row 0 = null / unknown
+    dense_fields: list[str]
+    seq_field: str | None = "hist_item_ids"  # list<int64> column, newest first; None = no sequence
+    seq_len: int = 10
+    n_scenarios: int = 1
+    tasks: tuple[str, ...] = ("click", "conversion")
+    scenario_field: str = "scenario_id"  # int ids 0..n_scenarios-1 (also a sparse field)
+    seq_vocab_field: str = "item_id"  # sparse field whose ids and table the sequence shares
+    hashed_fields: list[str] = field(default_factory=lambda: ["user_id", "item_id"])
+    log1p_fields: list[str] = field(default_factory=list)  # dense counts, squashed by log1p
+
+    def __post_init__(self) -> None:
+        self.tasks = tuple(self.tasks)
+        if len(self.sparse_fields) != len(self.vocab_sizes):
+            raise ValueError(f"{len(self.sparse_fields)} sparse fields but {len(self.vocab_sizes)} vocab sizes")
+        if any(v < 2 for v in self.vocab_sizes):
+            raise ValueError("every vocab size must be >= 2 (row 0 is reserved)")
+        if self.seq_field is not None and self.seq_vocab_field not in self.sparse_fields:
+            raise ValueError(f"seq_vocab_field {self.seq_vocab_field!r} is not a sparse field")
+        if not self.tasks or self.n_scenarios < 1:
+            raise ValueError("need at least one task and one scenario")
+
+    def vocab(self, name: str) -> int:
+        return self.vocab_sizes[self.sparse_fields.index(name)]
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["tasks"] = list(self.tasks)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureSpec:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def default_spec(n_scenarios: int, tasks: tuple[str, ...] | list[str], id_vocab: int = 2**16) -> FeatureSpec:
+    """msmt's spec: the SAMPLES id/context columns, every feature view's columns, the click history."""
+    small = {
+        "scenario_id": n_scenarios + 1,
+        "position": 65,  # slots 0..63; deeper slots wrap
+        "device": 1024,  # hashed strings: sparse enough that ios/android/web never share a row
+        "hour": 25,
+        "user_segment": 257,
+        "item_category": 1025,
+        "item_price_bucket": 65,
+    }
+    vocab = {"user_id": id_vocab, "item_id": id_vocab, **small}
+    sparse = ["user_id", "item_id", "scenario_id", "position", "device", "hour",
+              "user_segment", "item_category", "item_price_bucket"]  # fmt: skip
+    missing = set(sparse) - set(schemas.SAMPLES.names)
+    if missing:
+        raise ValueError(f"SAMPLES lacks {sorted(missing)}")
+    dense, counts = [], []
+    for view, view_schema in schemas.FEATURES.items():
+        for name in schemas.feature_columns(view):
+            dense.append(name)
+            if pa.types.is_integer(view_schema.field(name).type):
+                counts.append(name)
+    return FeatureSpec(
+        sparse_fields=sparse,
+        vocab_sizes=[vocab[name] for name in sparse],
+        dense_fields=dense,
+        n_scenarios=n_scenarios,
+        tasks=tuple(tasks),
+        log1p_fields=counts,
+    )
+
+
+@dataclass
+class TensorData:
+    """A whole split as aligned tensors (row i of each is one impression)."""
+
+    sparse: torch.Tensor  # Long (N, F_s)
+    dense: torch.Tensor  # Float (N, F_d)
+    seq: torch.Tensor  # Long (N, L), 0 = padding
+    scenario: torch.Tensor  # Long (N,)
+    labels: torch.Tensor  # Float (N, T)
+    label_mask: torch.Tensor  # Bool (N, T)
+    group: torch.Tensor  # Long (N,), request index: rows shown together
+
+    def __len__(self) -> int:
+        return self.sparse.shape[0]
+
+    def _map(self, fn) -> TensorData:
+        return TensorData(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TensorData:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def select(self, index_or_mask: torch.Tensor | np.ndarray | slice) -> TensorData:
+        """Rows by index, boolean mask or slice (on the data's device)."""
+        if isinstance(index_or_mask, np.ndarray):
+            index_or_mask = torch.from_numpy(index_or_mask)
+        if isinstance(index_or_mask, torch.Tensor):
+            index_or_mask = index_or_mask.to(self.sparse.device)
+        return self._map(lambda t: t[index_or_mask])
+
+    def batches(
+        self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Dict batches by slicing; with `shuffle` the split is permuted once per call (per epoch)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        data = self
+        if shuffle:  # permutation drawn on the CPU (CPU generator), applied on the data's device
+            perm = torch.randperm(len(self), generator=generator).to(self.sparse.device)
+            data = self.select(perm)
+        tensors = {key: getattr(data, key) for key in _BATCH_KEYS}
+        for start in range(0, len(self), batch_size):
+            yield {key: t[start : start + batch_size] for key, t in tensors.items()}
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """Stateless 64-bit mixer (Steele et al.'s SplitMix64 finaliser), uint64 → uint64, wrapping."""
+    z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _hash_ids(values: np.ndarray, valid: np.ndarray, vocab: int) -> np.ndarray:
+    """int64 ids → 1..vocab-1 via splitmix64; invalid → 0."""
+    codes = (_splitmix64(values.view(np.uint64)) % np.uint64(vocab - 1)).astype(np.int64) + 1
+    return np.where(valid, codes, 0)
+
+
+def _encode_column(column: pa.ChunkedArray | pa.Array, vocab: int, hashed: bool) -> np.ndarray:
+    """One sparse column → int64 codes in 0..vocab-1 (see module docstring)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        encoded = column.dictionary_encode()
+        digests = [
+            int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little") if v is not None else 0
+            for v in encoded.dictionary.to_pylist()  # distinct values only, not rows
+        ]
+        value_codes = _hash_ids(np.array(digests, dtype=np.uint64).view(np.int64), np.ones(len(digests), bool), vocab)
+        indices = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        return np.where(indices >= 0, value_codes[np.maximum(indices, 0)], 0)
+    if not pa.types.is_integer(column.type):
+        raise ValueError(f"sparse column of type {column.type} is neither integer nor string")
+    valid = ~column.is_null().to_numpy(zero_copy_only=False)
+    values = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+    if hashed:
+        return _hash_ids(values, valid, vocab)
+    return np.where(valid & (values >= 0), values % (vocab - 1) + 1, 0)
+
+
+def _encode_seq(column: pa.ChunkedArray, seq_len: int, vocab: int) -> np.ndarray:
+    """list<int64> → (N, L) hashed item codes, first `seq_len` entries kept, 0-padded (null / negative ids too)."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    out = np.zeros((len(column), seq_len), dtype=np.int64)
+    flat = pc.list_flatten(column)
+    if len(flat) == 0:
+        return out
+    rows = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)  # row of each flat value
+    lengths = np.bincount(rows, minlength=len(column))
+    starts = np.cumsum(lengths) - lengths
+    pos = np.arange(len(rows)) - starts[rows]  # position inside its list
+    keep = pos < seq_len
+    values = flat.cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
+    codes = _hash_ids(values, values >= 0, vocab)  # null or negative ids are padding
+    out[rows[keep], pos[keep]] = codes[keep]
+    return out
+
+
+def _column(table: pa.Table, name: str) -> pa.ChunkedArray:
+    if name not in table.column_names:
+        raise ValueError(f"training table lacks column {name!r}")
+    return table.column(name)
+
+
+def encode(table: pa.Table, spec: FeatureSpec) -> TensorData:
+    """Vectorised table → tensors; nulls become id 0 / value 0, a null label is masked out."""
+    n = table.num_rows
+    sparse = np.stack(
+        [
+            _encode_column(_column(table, name), vocab, name in spec.hashed_fields)
+            for name, vocab in zip(spec.sparse_fields, spec.vocab_sizes, strict=True)
+        ],
+        axis=1,
+    ) if n else np.zeros((0, len(spec.sparse_fields)), np.int64)  # fmt: skip
+    dense = np.zeros((n, len(spec.dense_fields)), dtype=np.float32)
+    for j, name in enumerate(spec.dense_fields):
+        values = pc.fill_null(_column(table, name).cast(pa.float64()), 0.0).to_numpy()
+        dense[:, j] = np.log1p(np.maximum(values, 0.0)) if name in spec.log1p_fields else values
+    if spec.seq_field is not None:
+        seq = _encode_seq(_column(table, spec.seq_field), spec.seq_len, spec.vocab(spec.seq_vocab_field))
+    else:
+        seq = np.zeros((n, 0), dtype=np.int64)
+    scenario = pc.fill_null(_column(table, spec.scenario_field).cast(pa.int64()), -1).to_numpy()
+    if n and (scenario.min() < 0 or scenario.max() >= spec.n_scenarios):
+        raise ValueError(f"{spec.scenario_field} outside 0..{spec.n_scenarios - 1}")
+    labels = np.zeros((n, len(spec.tasks)), dtype=np.float32)
+    label_mask = np.ones((n, len(spec.tasks)), dtype=bool)
+    for t, task in enumerate(spec.tasks):
+        column = _column(table, task)
+        label_mask[:, t] = ~column.is_null().to_numpy()
+        labels[:, t] = pc.fill_null(column.cast(pa.float32()), 0.0).to_numpy()
+    if "request_id" in table.column_names:
+        group = table.column("request_id").combine_chunks().dictionary_encode().indices
+        group = group.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    else:  # every row its own request
+        group = np.arange(n, dtype=np.int64)
+    return TensorData(
+        sparse=torch.from_numpy(sparse),
+        dense=torch.from_numpy(dense),
+        seq=torch.from_numpy(seq),
+        scenario=torch.from_numpy(scenario.astype(np.int64)),
+        labels=torch.from_numpy(labels),
+        label_mask=torch.from_numpy(label_mask),
+        group=torch.from_numpy(group),
+    )
+
+
+def read_training_set(path_or_uri: str) -> pa.Table:
+    """Read a parquet training set (local path or URI); hive directory keys become columns
+    unless the files already hold a column of that name (the files' `ds` wins over `ds=…/`)."""
+    file_columns = set(pads.dataset(path_or_uri, format="parquet").schema.names)
+    hive = pads.dataset(path_or_uri, format="parquet", partitioning="hive")
+    keys = [f for f in hive.partitioning.schema if f.name not in file_columns] if hive.partitioning else []
+    partitioning = pads.partitioning(pa.schema(keys), flavor="hive")
+    return pads.dataset(path_or_uri, format="parquet", partitioning=partitioning).to_table()
+
+
+def split_by_day(table: pa.Table, eval_ds: str) -> tuple[pa.Table, pa.Table]:
+    """Train on days strictly before `eval_ds`, evaluate on `eval_ds` (later days never train)."""
+    days = _column(table, "ds").cast(pa.string())
+    eval_table = table.filter(pc.equal(days, eval_ds))
+    if eval_table.num_rows == 0:
+        raise ValueError(f"no rows with ds == {eval_ds!r}")
+    return table.filter(pc.less(days, eval_ds)), eval_table
+
+
+def synthetic(
+    spec: FeatureSpec, n_rows: int, seed: int = 0, rows_per_request: int = 10, world_seed: int = 0
+) -> TensorData:
+    """Random but learnable tensors for tests and throughput benchmarks (no files needed).
+
+    Labels follow a logistic model of a few ids and dense values, with a
+    per-scenario shift, so AUC well above 0.5 is reachable. The model's effects
+    come from `world_seed`, the rows from `seed`: two seeds give train / valid of one world.
+    """
+    world = np.random.default_rng(world_seed)
+    seq_vocab = spec.vocab(spec.seq_vocab_field) if spec.seq_field is not None else 2
+    item_effect = world.normal(size=seq_vocab)
+    first_effect = world.normal(size=spec.vocab_sizes[0])
+    rng = np.random.default_rng([world_seed, seed])
+    sparse = np.stack([rng.integers(1, v, n_rows) for v in spec.vocab_sizes], axis=1)
+    scenario = rng.integers(0, spec.n_scenarios, n_rows)
+    if spec.scenario_field in spec.sparse_fields:
+        sparse[:, spec.sparse_fields.index(spec.scenario_field)] = scenario + 1
+    dense = rng.normal(size=(n_rows, len(spec.dense_fields))).astype(np.float32)
+    seq_len = spec.seq_len if spec.seq_field is not None else 0
+    seq = rng.integers(0, seq_vocab, (n_rows, seq_len))
+    base = first_effect[sparse[:, 0]] + (dense[:, 0] if dense.shape[1] else 0.0) + 0.3 * (scenario - 1)
+    if spec.seq_field is not None:
+        base = base + item_effect[sparse[:, spec.sparse_fields.index(spec.seq_vocab_field)]]
+    labels = np.zeros((n_rows, len(spec.tasks)), dtype=np.float32)
+    for t in range(len(spec.tasks)):
+        logit = base * (1.0 - 0.3 * t) - 1.0 - t + (0.5 * t * dense[:, 1] if dense.shape[1] > 1 else 0.0)
+        labels[:, t] = rng.random(n_rows) < 1 / (1 + np.exp(-logit))
+    return TensorData(
+        sparse=torch.from_numpy(sparse.astype(np.int64)),
+        dense=torch.from_numpy(dense),
+        seq=torch.from_numpy(seq.astype(np.int64)),
+        scenario=torch.from_numpy(scenario.astype(np.int64)),
+        labels=torch.from_numpy(labels),
+        label_mask=torch.ones(n_rows, len(spec.tasks), dtype=torch.bool),
+        group=torch.from_numpy(np.arange(n_rows) // rows_per_request),
+    )

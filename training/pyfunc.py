@@ -1,0 +1,115 @@
+"""The registered model's serving form: an MLflow pyfunc wrapping any zoo model.
+
+A logged ranker holds two artifacts, the `state_dict` (read back with
+`weights_only=True`, so loading a model never unpickles arbitrary objects) and
+`ranker.json` (model name, model config, `FeatureSpec`), plus a copy of the
+`training` and `msmt` packages (`code_paths`), so it loads outside this repo.
+It is the only module of `training/` that imports MLflow at module level;
+models and the trainer stay MLflow-free for the GPU machine.
+
+Its input is a DataFrame of the spec's columns (the sparse ids, the dense
+features, the click history); its output one probability column per task,
+`p_click`, `p_conversion`. Integer columns are declared `long` and dense ones
+`double` in the signature: a client sending int64 ids, or a null for a feature
+never computed for a new user, must not be refused by schema enforcement.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+from torch import nn
+
+from training.data import FeatureSpec, encode
+from training.models import build_model
+from training.trainer import predict
+
+_PACKAGES = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "msmt")]
+_REQUIREMENTS = ("torch", "numpy", "pandas", "pyarrow", "tqdm")
+
+
+def input_columns(spec: FeatureSpec) -> list[str]:
+    """The columns a ranker reads, in the signature's order."""
+    seq = [spec.seq_field] if spec.seq_field is not None else []
+    return [*spec.sparse_fields, *spec.dense_fields, *seq]
+
+
+def model_frame(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """Just the spec's columns, integers widened to int64 and dense values to float64."""
+    out = frame[input_columns(spec)].copy()
+    for name in spec.sparse_fields:
+        if pd.api.types.is_integer_dtype(out[name]):
+            out[name] = out[name].astype("int64")
+    out[spec.dense_fields] = out[spec.dense_fields].astype("float64")
+    if spec.seq_field is not None:  # arrow gives numpy arrays; JSON and the signature want lists
+        out[spec.seq_field] = [None if v is None else [int(i) for i in v] for v in out[spec.seq_field]]
+    return out
+
+
+def score_frame(model: nn.Module, spec: FeatureSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """Probabilities `p_<task>` for each row of `frame` (labels, if present, are ignored)."""
+    table = pa.Table.from_pandas(model_frame(frame, spec), preserve_index=False)
+    for task in spec.tasks:  # encode reads label columns; serving has none
+        table = table.append_column(task, pa.nulls(table.num_rows, pa.int32()))
+    probs = predict(model, encode(table, spec)) if table.num_rows else np.zeros((0, len(spec.tasks)))
+    return pd.DataFrame(probs, columns=[f"p_{task}" for task in spec.tasks])
+
+
+class MsmtRanker(mlflow.pyfunc.PythonModel):
+    """Rebuilds the zoo model from its logged name, config and spec, then scores DataFrames."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        meta = json.loads(Path(context.artifacts["ranker"]).read_text())
+        self.spec = FeatureSpec.from_dict(meta["spec"])
+        self.model = build_model(meta["model_name"], self.spec, **meta["config"])
+        state = torch.load(context.artifacts["state_dict"], map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state)
+        self.model.eval()
+
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        return score_frame(self.model, self.spec, model_input)
+
+
+def log_ranker(
+    model: nn.Module, model_name: str, config: dict, spec: FeatureSpec, example_df: pd.DataFrame
+) -> ModelInfo:
+    """Log `model` as a pyfunc named `model` in the active run, with signature and input example."""
+    model = model.to("cpu").eval()
+    example = model_frame(example_df, spec)
+    signature = infer_signature(example, score_frame(model, spec, example))
+    with tempfile.TemporaryDirectory() as tmp:
+        state_path, meta_path = Path(tmp, "state_dict.pt"), Path(tmp, "ranker.json")
+        torch.save(model.state_dict(), state_path)
+        meta_path.write_text(json.dumps({"model_name": model_name, "config": config, "spec": spec.to_dict()}))
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=MsmtRanker(),
+            artifacts={"state_dict": str(state_path), "ranker": str(meta_path)},
+            code_paths=_PACKAGES,
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pinned_requirements(),
+        )
+
+
+def load_ranker(model_uri: str) -> tuple[nn.Module, FeatureSpec]:
+    """The torch module and spec behind a logged ranker (the gate scores `TensorData` directly)."""
+    ranker = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    return ranker.model, ranker.spec
+
+
+def _pinned_requirements() -> list[str]:
+    """This environment's versions: explicit requirements also skip MLflow's slow inference."""
+    return [f"{name}=={version(name).split('+')[0]}" for name in _REQUIREMENTS]
