@@ -1,7 +1,8 @@
 """
 ### msmt_daily — retrain the multi-scenario, multi-task ranker every day
 
-Logs of day `ds` have landed (`ds` = the start of the run's data interval).
+Logs of day `ds` have landed (`ds` = the run's logical date: the start of its
+daily data interval for scheduled runs and backfills, the given date for manual runs).
 Labels need `attribution_window_days` to mature, so this run **builds samples
 for `ds − window`**, trains the chosen model on the `train_days` sample days
 before it and holds the sample day out for the gate.
@@ -9,10 +10,10 @@ before it and holds the sample day out for the gate.
 | step | what | on failure |
 |---|---|---|
 | `plan_day` | which days are read and written | — |
-| `check_raw_logs` | Great Expectations on the raw days read | run stops, nothing trained |
+| `check_raw_logs` | Great Expectations on the raw days read | run stops (no retry), nothing trained |
 | `build_samples` | Spark: join clicks / conversions, quarantine bad rows | retried (idempotent) |
 | `build_features` | Spark: user / item aggregates before each day | retried (idempotent) |
-| `check_samples` | GX: label rates and volume per scenario | run stops |
+| `check_samples` | GX: label rates and volume per scenario | run stops (no retry) |
 | `publish_features` | Feast apply + materialise to the online store | retried |
 | `build_training_set` | Feast point-in-time join | retried |
 | `train_model` | MLflow run + registered version | not retried |
@@ -39,6 +40,18 @@ def _settings():
     return Settings.from_env()
 
 
+def _stop_on_failed_check(check):
+    """A failed data check is deterministic: fail the task without retrying."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from spark_jobs.checks import DataCheckError
+
+    try:
+        return check()
+    except DataCheckError as failed:
+        raise AirflowFailException(str(failed)) from failed
+
+
 def _plan(plan: dict):
     from msmt.pipeline import DayPlan
 
@@ -52,7 +65,7 @@ def _plan(plan: dict):
     max_active_runs=1,
     tags=["msmt", "retraining"],
     doc_md=__doc__,
-    default_args={"owner": "msmt", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    default_args={"owner": "msmt", "retries": 2, "retry_delay": timedelta(seconds=_settings().retry_delay_s)},
     params={
         "model": Param("mmoe", type="string", enum=model_names(), description="model of the zoo to train"),
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="override the model's epochs"),
@@ -65,7 +78,7 @@ def msmt_daily():
         """#### Which days this run reads and writes"""
         from msmt.pipeline import plan_day as plan
 
-        ds = get_current_context()["data_interval_start"].date().isoformat()
+        ds = get_current_context()["logical_date"].date().isoformat()
         return plan(_settings(), ds).to_dict()
 
     @task
@@ -73,7 +86,7 @@ def msmt_daily():
         """#### Great Expectations on the raw logs the sample day reads"""
         from msmt import pipeline
 
-        return pipeline.check_raw_logs(_settings(), _plan(plan))
+        return _stop_on_failed_check(lambda: pipeline.check_raw_logs(_settings(), _plan(plan)))
 
     @task
     def build_samples(plan: dict, raw_checks: dict) -> dict:
@@ -94,7 +107,7 @@ def msmt_daily():
         """#### Great Expectations on the sample day, against trailing days"""
         from msmt import pipeline
 
-        return pipeline.check_samples(_settings(), _plan(plan))
+        return _stop_on_failed_check(lambda: pipeline.check_samples(_settings(), _plan(plan)))
 
     @task
     def publish_features(plan: dict, features: dict) -> dict:

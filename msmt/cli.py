@@ -29,7 +29,8 @@ def simulate(
     malformed_rate: Annotated[float, typer.Option(help="share of malformed rows per raw table")] = 0.002,
 ) -> None:
     """Write simulated raw impressions, clicks, conversions (and true probabilities) to the lake."""
-    from msmt.simulate import SimConfig, simulate as run
+    from msmt.simulate import SimConfig
+    from msmt.simulate import simulate as run
 
     counts = run(_settings(), start, days, impressions_per_day, seed, SimConfig(malformed_rate=malformed_rate))
     typer.echo(json.dumps(counts, indent=1, default=str))
@@ -86,7 +87,8 @@ def train(
     training_set = lake.training_set(settings, plan.sample_ds)
     trained = pipeline.train_model(settings, plan, training_set, model, {"epochs": epochs} if epochs else None)
     decision = pipeline.evaluate_model(settings, plan, training_set, trained["version"])
-    typer.echo(f"version {trained['version']} (run {trained['run_id']}): gate {'passed' if decision['passed'] else 'failed'}")
+    verdict = "passed" if decision["passed"] else "failed"
+    typer.echo(f"version {trained['version']} (run {trained['run_id']}): gate {verdict}")
 
 
 @app.command()

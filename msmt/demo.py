@@ -37,9 +37,8 @@ def task_durations(ds: str) -> list[tuple[str, float, str]]:
 
 
 def gate_summary(settings: Settings, ds: str) -> str:
-    from training.gate import GateDecision
-
     from msmt.pipeline import plan_day
+    from training.gate import GateDecision
 
     path = Path(lake.gate_report(settings, plan_day(settings, ds).sample_ds))
     if not path.exists():

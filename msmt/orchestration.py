@@ -43,8 +43,13 @@ def prepare(settings: Settings) -> None:
     env = airflow_env(settings)
     os.environ.update(env)
     airflow = Path(sys.executable).with_name("airflow")
-    subprocess.run([str(airflow), "db", "migrate"], env={**os.environ}, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(
+        [str(airflow), "db", "migrate"],
+        env={**os.environ},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def load_dag():

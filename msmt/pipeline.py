@@ -50,8 +50,13 @@ class DayPlan:
 def plan_day(settings: Settings, ds: str) -> DayPlan:
     sample_ds = lake.shift(ds, -settings.attribution_window_days)
     train_days = tuple(lake.days_between(lake.shift(sample_ds, -settings.train_days), settings.train_days))
-    log.info("run %s: samples for %s (attribution window %d d), training on %s", ds, sample_ds,
-             settings.attribution_window_days, ", ".join(train_days))
+    log.info(
+        "run %s: samples for %s (attribution window %d d), training on %s",
+        ds,
+        sample_ds,
+        settings.attribution_window_days,
+        ", ".join(train_days),
+    )
     return DayPlan(ds=ds, sample_ds=sample_ds, train_days=train_days)
 
 

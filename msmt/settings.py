@@ -47,6 +47,7 @@ class Settings:
     feature_window_days: int = 7  # trailing window of the user / item aggregates
     train_days: int = 3  # sample days the model trains on; the next day is held out
     max_quarantine_rate: float = 0.05  # a day with more malformed raw rows fails check_raw
+    retry_delay_s: int = 300  # Airflow retry delay of the idempotent steps (late data, flaky storage)
 
     # model
     model_name: str = "mmoe"
@@ -61,7 +62,8 @@ class Settings:
     gate_metric: str = "auc"
     gate_max_drop: float = 0.002  # allowed AUC drop per cell before a significant loss fails it
     gate_floor: float = 0.55  # absolute AUC floor of every gated cell (the only rule on a first run)
-    gate_min_rows: int = 500  # cells below this many rows (or 25 positives) are advisory
+    gate_min_rows: int = 500  # cells below this many rows are advisory
+    gate_min_positives: int = 25  # …and below this many positives
     gate_bootstrap: int = 200
     gate_advisory_scenarios: tuple[str, ...] = field(default_factory=tuple)
 

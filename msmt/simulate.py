@@ -22,19 +22,16 @@ shorter run is a prefix of a longer one.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import time
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from msmt import lake
+from msmt import lake, storage
 from msmt.schemas import CLICKS, CONVERSIONS, IMPRESSIONS, TRUTH
 from msmt.settings import Settings
 
@@ -212,13 +209,10 @@ def oracle_auc(truth: pd.DataFrame, labels: pd.DataFrame) -> dict[tuple[str, str
 
 
 def _write_partition(settings: Settings, name: str, ds: str, table: pa.Table) -> None:
-    """Replace one raw partition with a single file (re-running a day overwrites it)."""
+    """Replace one raw partition with a single file (re-running a day overwrites it); local or S3."""
     path = lake.raw(settings, name, ds)
-    if path.startswith("s3://"):
-        raise NotImplementedError("the simulator writes a local lake only")
-    shutil.rmtree(path, ignore_errors=True)
-    Path(path).mkdir(parents=True)
-    pq.write_table(table, path + "/part-0.parquet")
+    storage.remove_prefix(settings, path)
+    storage.write_parquet(settings, f"{path}/part-0.parquet", table)
 
 
 # --- world -------------------------------------------------------------------------------------

@@ -210,7 +210,7 @@ def _column(table: pa.Table, name: str) -> pa.ChunkedArray:
 
 
 def encode(table: pa.Table, spec: FeatureSpec) -> TensorData:
-    """Vectorised table → tensors; nulls become id 0 / value 0, a null label is masked out."""
+    """Vectorised table → tensors; nulls become id 0 / value 0, a null or absent label is masked out."""
     n = table.num_rows
     sparse = np.stack(
         [
@@ -233,7 +233,10 @@ def encode(table: pa.Table, spec: FeatureSpec) -> TensorData:
     labels = np.zeros((n, len(spec.tasks)), dtype=np.float32)
     label_mask = np.ones((n, len(spec.tasks)), dtype=bool)
     for t, task in enumerate(spec.tasks):
-        column = _column(table, task)
+        if task not in table.column_names:  # serving: no labels, nothing to learn from
+            label_mask[:, t] = False
+            continue
+        column = table.column(task)
         label_mask[:, t] = ~column.is_null().to_numpy()
         labels[:, t] = pc.fill_null(column.cast(pa.float32()), 0.0).to_numpy()
     if "request_id" in table.column_names:

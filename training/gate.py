@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -54,7 +54,8 @@ class GateDecision:
 
     @classmethod
     def from_dict(cls, data: dict) -> GateDecision:
-        return cls(**data)
+        """Rebuild from `to_dict()` output; extra keys (a stored report's versions, run id) are ignored."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def format_matrix(self) -> str:
         """Scenario × task table: challenger, champion, diff [95% CI], status."""
@@ -128,7 +129,8 @@ def decide(
                 reasons.append(f"{s_name}/{task} {cell['status']}: {cell['reason']}")
             cells.append(cell)
     passed = all(c["status"] != "fail" for c in cells)
-    return GateDecision(passed, first_run, cells, reasons, rules.metric, asdict(rules))
+    rules_dict = asdict(rules) | {"advisory_scenarios": list(rules.advisory_scenarios)}  # as JSON gives it back
+    return GateDecision(passed, first_run, cells, reasons, rules.metric, rules_dict)
 
 
 def _judge(cell: dict, rules: GateRules, sign: float, first_run: bool) -> tuple[str, str]:

@@ -20,18 +20,15 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
-from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.fs as pafs
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from msmt import lake
+from msmt import lake, storage
 from msmt.settings import Settings
 from training.data import TensorData, encode, read_training_set, split_by_day
 from training.gate import GateRules, decide
@@ -69,6 +66,7 @@ def evaluate_and_gate(settings: Settings, training_set_uri: str, eval_ds: str, c
         max_drop=settings.gate_max_drop,
         floor=settings.gate_floor,
         min_rows=settings.gate_min_rows,
+        min_positives=settings.gate_min_positives,
         advisory_scenarios=settings.gate_advisory_scenarios,
         n_boot=settings.gate_bootstrap,
     )
@@ -95,7 +93,8 @@ def evaluate_and_gate(settings: Settings, training_set_uri: str, eval_ds: str, c
 
     client.log_dict(run_id, report, "gate/decision.json")
     client.log_text(run_id, matrix, "gate/matrix.txt")
-    mlflow.log_table(pd.DataFrame(decision.cells), "gate/matrix.json", run_id=run_id)
+    matrix_table = pd.DataFrame(decision.cells).to_dict(orient="split", index=False)  # log_table's layout
+    client.log_dict(run_id, matrix_table, "gate/matrix.json")  # log_table would append on a re-run
     stamp = _now_ms()
     metrics = [Metric("gate.passed", float(decision.passed), stamp, 0)] + [
         Metric(f"gate.diff.{c['scenario']}.{c['task']}", c["diff"], stamp, 0)
@@ -113,7 +112,7 @@ def evaluate_and_gate(settings: Settings, training_set_uri: str, eval_ds: str, c
         client.set_model_version_tag(name, challenger_version, key, value)
     if not decision.passed:
         client.set_model_version_tag(name, challenger_version, "status", "rejected")
-    _write_json(lake.gate_report(settings, eval_ds), report)
+    storage.write_json(settings, lake.gate_report(settings, eval_ds), report)
     return report
 
 
@@ -146,7 +145,7 @@ def promote(settings: Settings, decision: dict, actor: str | None = None) -> dic
         client.set_model_version_tag(name, current, "status", "retired")
     moves.append(_move_alias(client, name, CHAMPION, challenger, actor, why))
     client.set_model_version_tag(name, challenger, "status", "champion")
-    return {"promoted": True, "champion": challenger, "previous_champion": current, "moves": moves}
+    return {"promoted": True, "champion": challenger, "previous_champion": current, "reason": why, "moves": moves}
 
 
 def rollback(settings: Settings, actor: str | None = None, reason: str = "manual rollback") -> dict:
@@ -179,12 +178,7 @@ def current_champion(settings: Settings) -> str | None:
 def alias_history(settings: Settings) -> list[dict]:
     """Every audited alias move of the registered model, oldest first."""
     settings.configure_mlflow()
-    try:
-        tags = MlflowClient().get_registered_model(settings.registered_model).tags
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return []
-        raise
+    tags = _registered_model(MlflowClient(), settings.registered_model).get("tags", {})
     return [json.loads(tags[key]) for key in sorted(tags) if key.startswith("alias_history.")]
 
 
@@ -196,12 +190,20 @@ def _score(model_uri: str, table: pa.Table) -> tuple[np.ndarray, TensorData]:
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """Read from the model's alias map: a missing alias is INVALID_PARAMETER_VALUE, not "not found"."""
+    version = _registered_model(client, name).get("aliases", {}).get(alias)
+    return None if version is None else str(version)
+
+
+def _registered_model(client: MlflowClient, name: str) -> dict:
+    """Aliases and tags of the registered model; empty before its first version exists."""
     try:
-        return str(client.get_model_version_by_alias(name, alias).version)
+        model = client.get_registered_model(name)
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
+            return {}
         raise
+    return {"aliases": model.aliases, "tags": model.tags}
 
 
 def _move_alias(client: MlflowClient, name: str, alias: str, version: str | None, actor: str, why: str) -> dict:
@@ -216,14 +218,6 @@ def _move_alias(client: MlflowClient, name: str, alias: str, version: str | None
         client.set_model_version_tag(name, version, f"{alias}.assigned", json.dumps(event))
     client.set_registered_model_tag(name, f"alias_history.{now:%Y%m%dT%H%M%S%f}Z.{alias}", json.dumps(event))
     return event
-
-
-def _write_json(uri: str, data: dict) -> None:
-    """Write next to the lake's other outputs: a local path or an s3:// URI."""
-    fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as out:
-        out.write(json.dumps(data, indent=2).encode())
 
 
 def _label(version: str | None) -> str:

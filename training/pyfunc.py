@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
@@ -35,7 +35,7 @@ from training.models import build_model
 from training.trainer import predict
 
 _PACKAGES = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "msmt")]
-_REQUIREMENTS = ("torch", "numpy", "pandas", "pyarrow", "tqdm")
+_REQUIREMENTS = ("torch", "numpy", "pandas", "pyarrow")
 
 
 def input_columns(spec: FeatureSpec) -> list[str]:
@@ -45,12 +45,16 @@ def input_columns(spec: FeatureSpec) -> list[str]:
 
 
 def model_frame(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """Just the spec's columns, integers widened to int64 and dense values to float64."""
+    """Just the spec's columns, integers widened to int64 and dense values to float64.
+
+    Filling dense nulls here (encode would too) keeps every column `required` in the
+    inferred signature: present always, null allowed, whatever the example rows held.
+    """
     out = frame[input_columns(spec)].copy()
     for name in spec.sparse_fields:
         if pd.api.types.is_integer_dtype(out[name]):
             out[name] = out[name].astype("int64")
-    out[spec.dense_fields] = out[spec.dense_fields].astype("float64")
+    out[spec.dense_fields] = out[spec.dense_fields].astype("float64").fillna(0.0)  # as encode does with nulls
     if spec.seq_field is not None:  # arrow gives numpy arrays; JSON and the signature want lists
         out[spec.seq_field] = [None if v is None else [int(i) for i in v] for v in out[spec.seq_field]]
     return out
@@ -58,11 +62,14 @@ def model_frame(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
 
 def score_frame(model: nn.Module, spec: FeatureSpec, frame: pd.DataFrame) -> pd.DataFrame:
     """Probabilities `p_<task>` for each row of `frame` (labels, if present, are ignored)."""
-    table = pa.Table.from_pandas(model_frame(frame, spec), preserve_index=False)
+    frame = model_frame(frame, spec)
+    seq = [spec.seq_field] if spec.seq_field is not None else []
+    table = pa.Table.from_pandas(frame.drop(columns=seq), preserve_index=False)
+    for name in seq:  # typed explicitly: a batch of users without history would infer a null column
+        table = table.append_column(name, pa.array(frame[name].tolist(), type=pa.list_(pa.int64())))
     for task in spec.tasks:  # encode reads label columns; serving has none
         table = table.append_column(task, pa.nulls(table.num_rows, pa.int32()))
-    probs = predict(model, encode(table, spec)) if table.num_rows else np.zeros((0, len(spec.tasks)))
-    return pd.DataFrame(probs, columns=[f"p_{task}" for task in spec.tasks])
+    return pd.DataFrame(predict(model, encode(table, spec)), columns=[f"p_{task}" for task in spec.tasks])
 
 
 class MsmtRanker(mlflow.pyfunc.PythonModel):
@@ -88,7 +95,9 @@ def log_ranker(
     """Log `model` as a pyfunc named `model` in the active run, with signature and input example."""
     model = model.to("cpu").eval()
     example = model_frame(example_df, spec)
-    signature = infer_signature(example, score_frame(model, spec, example))
+    with warnings.catch_warnings():  # ids are never null, and nullable dense columns are already double
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        signature = infer_signature(example, score_frame(model, spec, example))
     with tempfile.TemporaryDirectory() as tmp:
         state_path, meta_path = Path(tmp, "state_dict.pt"), Path(tmp, "ranker.json")
         torch.save(model.state_dict(), state_path)

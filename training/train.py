@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import torch
 from matplotlib.figure import Figure
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
@@ -59,6 +60,7 @@ def train_model(
         raise ValueError(f"no training rows before {eval_ds} in {training_set_uri}")
     spec = default_spec(len(settings.scenarios), settings.tasks)
     train_data, eval_data = encode(train_table, spec), encode(eval_table, spec)
+    torch.manual_seed(train_cfg.seed)  # fit seeds only after the model exists: seed its initial weights too
     model = build_model(model_name, spec, **model_overrides)
     model_config = asdict(model.config)
 
@@ -74,12 +76,13 @@ def train_model(
                 "train_rows": train_table.num_rows,
                 "eval_ds": eval_ds,
                 "eval_rows": eval_table.num_rows,
+                "attribution_window_days": settings.attribution_window_days,  # labels matured this long
                 "scenarios": ",".join(settings.scenarios),
                 "training_set_uri": training_set_uri,
             }
         )
         mlflow.log_input(_training_dataset(training_set_uri, table), context="training")
-        fitted = fit(model, train_data, eval_data, train_cfg, on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
+        fitted = fit(model, train_data, eval_data, train_cfg, on_epoch=lambda step, m: mlflow.log_metrics(m, step=step))
         mlflow.set_tag("msmt.device", fitted.device)
 
         cells = cell_metrics(
@@ -147,29 +150,34 @@ def partition_digest(uri: str) -> str:
 
 def _training_dataset(uri: str, table: pa.Table) -> MetaDataset:
     """The partition as an MLflow dataset: source URI, content digest, column schema (no data copy)."""
-    with warnings.catch_warnings():  # MLflow registers its local source twice and warns about it
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+    with warnings.catch_warnings():  # MLflow registers its local source twice; the int hint is for serving
+        warnings.filterwarnings("ignore", message="The specified dataset source")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         source = resolve_dataset_source(uri)
-    schema = infer_signature(table.slice(0, 100).to_pandas()).inputs
-    return MetaDataset(source, name=f"training_set/{uri.rstrip('/').rsplit('/', 1)[-1]}", digest=partition_digest(uri), schema=schema)
+        schema = infer_signature(table.slice(0, 100).to_pandas()).inputs
+    name = f"training_set/{uri.rstrip('/').rsplit('/', 1)[-1]}"
+    return MetaDataset(source, name=name, digest=partition_digest(uri), schema=schema)
 
 
 def _auc_chart(cells: list[dict], eval_ds: str) -> Figure:
-    """Grouped bars: AUC per scenario, one bar per task (pyplot-free, so no global figure state)."""
+    """Grouped bars: AUC per scenario (with its held-out rows), one bar per task; pyplot-free, no global state."""
     scenarios = list(dict.fromkeys(c["scenario"] for c in cells))
     tasks = list(dict.fromkeys(c["task"] for c in cells))
+    by_cell = {(c["scenario"], c["task"]): c for c in cells}
     fig = Figure(figsize=(1.6 + 1.4 * len(scenarios), 3.6))
     ax = fig.add_subplot()
     width = 0.8 / len(tasks)
     for t, task in enumerate(tasks):
-        values = [next(c["auc"] for c in cells if c["scenario"] == s and c["task"] == task) for s in scenarios]
-        bars = ax.bar([i + (t - (len(tasks) - 1) / 2) * width for i in range(len(scenarios))], values, width, label=task)
+        offset = (t - (len(tasks) - 1) / 2) * width
+        values = [by_cell[s, task]["auc"] for s in scenarios]
+        bars = ax.bar([i + offset for i in range(len(scenarios))], values, width, label=task)
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xticks(range(len(scenarios)), scenarios)
-    ax.set_ylim(0.4, 1.0)
+    ax.set_xticks(range(len(scenarios)), [f"{s}\n{by_cell[s, tasks[0]]['rows']} rows" for s in scenarios])
+    ax.set_ylim(0.4, 1.1)  # headroom for the legend
+    ax.set_yticks([0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     ax.set_ylabel("AUC")
     ax.set_title(f"held-out AUC per scenario × task ({eval_ds})")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", ncols=len(tasks), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig

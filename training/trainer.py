@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from training.data import TensorData
 
@@ -38,6 +37,17 @@ class FitResult:
     device: str = "cpu"
     seconds: float = 0.0  # training time, validation excluded
     samples_per_s: float = 0.0
+
+
+def _progress(total: int, desc: str):
+    """A tqdm bar on a terminal; None when not a tty or tqdm is absent (torch, numpy, pyarrow suffice)."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -106,7 +116,7 @@ def fit(
         model.train()
         started = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}  # summed on the device, read back once per log / epoch
-        bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not sys.stderr.isatty())
+        bar = _progress(n_steps, f"epoch {epoch + 1}/{cfg.epochs}")
         for step, batch in enumerate(train.batches(cfg.batch_size, shuffle=True, generator=generator), 1):
             logits = model(batch)
             total, per_task = masked_bce(logits, batch["labels"], batch["label_mask"])
@@ -118,10 +128,12 @@ def fit(
             terms = {"train_loss": loss, **{f"train_loss_{t}": per_task[i] for i, t in enumerate(tasks)}, **extra}
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.detach()
-            if cfg.log_every > 0 and step % cfg.log_every == 0:
-                bar.set_postfix(loss=f"{sums['train_loss'].item() / step:.4f}")
-            bar.update()
-        bar.close()
+            if bar is not None:
+                if cfg.log_every > 0 and step % cfg.log_every == 0:
+                    bar.set_postfix(loss=f"{sums['train_loss'].item() / step:.4f}")
+                bar.update()
+        if bar is not None:
+            bar.close()
         metrics = {name: float(value) / n_steps for name, value in sums.items()}  # syncs once
         seconds = time.perf_counter() - started
         result.seconds += seconds

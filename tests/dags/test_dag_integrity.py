@@ -38,8 +38,16 @@ def test_msmt_daily_follows_the_data_flow(dagbag):
     downstream = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
     assert downstream == {
         "plan_day": sorted(
-            ["check_raw_logs", "build_samples", "build_features", "check_samples", "publish_features",
-             "build_training_set", "train_model", "evaluate_model"]
+            [
+                "check_raw_logs",
+                "build_samples",
+                "build_features",
+                "check_samples",
+                "publish_features",
+                "build_training_set",
+                "train_model",
+                "evaluate_model",
+            ]
         ),
         "check_raw_logs": ["build_features", "build_samples"],
         "build_samples": ["check_samples"],

@@ -83,8 +83,10 @@ def test_day1_accounts_for_every_impression_and_crowns_a_champion(world, day1):
 def test_day2_logs_the_full_gate_matrix(world, day2):
     assert day2 == "success", _task_states(DAY2)
     client = _client(world)
-    version = client.get_model_version(world.registered_model, max(
-        int(v.version) for v in client.search_model_versions(f"name='{world.registered_model}'")))
+    version = client.get_model_version(
+        world.registered_model,
+        max(int(v.version) for v in client.search_model_versions(f"name='{world.registered_model}'")),
+    )
     assert version.tags["gate.champion_version"] != "None"  # compared against day 1's champion
     run = client.get_run(version.run_id)
     cells = [k for k in run.data.metrics if k.startswith("gate.diff.")]

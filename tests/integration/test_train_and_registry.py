@@ -35,18 +35,18 @@ pytestmark = pytest.mark.integration
 SCENARIOS = ("homefeed", "search", "mini_app")  # mini_app: ~3% of rows, so its cells are advisory
 DAYS = ("2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04")
 EVAL_DS = DAYS[-1]
-FAST = {"epochs": 6, "batch_size": 256, "lr": 1e-2, "emb_dim": 8, "n_experts": 2, "expert_dims": (32,)}
+FAST = {"epochs": 3, "batch_size": 512, "lr": 5e-3, "emb_dim": 8, "n_experts": 2, "expert_dims": (32,)}
 
 
-def write_training_set(settings: Settings, rows_per_day: int = 2200, seed: int = 0) -> str:
+def write_training_set(settings: Settings, rows_per_day: int = 3000, seed: int = 0) -> str:
     """One parquet file under training_sets/ds=<eval day>/ with every contract column."""
     rng = np.random.default_rng(seed)
     n = rows_per_day * len(DAYS)
     click_signal, buy_signal = rng.normal(size=n), rng.normal(size=n)
     category = rng.integers(0, 10, n)
-    p_click = 1 / (1 + np.exp(-(2.0 * click_signal + 1.5 * (category % 2) - 1.2)))
+    p_click = 1 / (1 + np.exp(-(3.0 * click_signal + 1.5 * (category % 2) - 1.2)))
     click = rng.random(n) < p_click
-    conversion = click & (rng.random(n) < 1 / (1 + np.exp(-(2.0 * buy_signal - 0.5))))
+    conversion = click & (rng.random(n) < 1 / (1 + np.exp(-(3.0 * buy_signal - 0.5))))
     columns = {
         "impression_id": [f"imp{i}" for i in range(n)],
         "request_id": [f"req{i // 10}" for i in range(n)],
@@ -85,7 +85,9 @@ def write_training_set(settings: Settings, rows_per_day: int = 2200, seed: int =
 
 @pytest.fixture
 def env(settings: Settings) -> tuple[Settings, str]:
+    """Settings with a long-tail scenario, MLflow pointed at the temp home (before any client exists)."""
     s = settings.with_(scenarios=SCENARIOS)
+    s.configure_mlflow()
     return s, write_training_set(s)
 
 
@@ -98,8 +100,8 @@ def test_train_model_logs_a_registered_challenger(env):
     assert run.data.params["model"] == "mmoe"
     assert run.data.params["train_days"] == ",".join(DAYS[:-1])
     assert run.data.params["eval_ds"] == EVAL_DS
-    assert run.data.params["train.lr"] == "0.01"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == list(range(6))
+    assert run.data.params["train.lr"] == "0.005"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == list(range(3))
     for cell in ("homefeed.click", "homefeed.conversion", "search.click", "search.conversion"):
         assert run.data.metrics[f"auc.{cell}"] > 0.7, cell
         assert f"logloss.{cell}" in run.data.metrics
@@ -131,7 +133,7 @@ def test_gate_promotes_refuses_and_rolls_back(env, capsys):
     name = settings.registered_model
     client = MlflowClient()
 
-    v1 = train_model(settings, uri, EVAL_DS, overrides=FAST)["version"]
+    v1 = train_model(settings, uri, EVAL_DS, overrides={**FAST, "epochs": 1})["version"]  # undertrained: beatable
     first = evaluate_and_gate(settings, uri, EVAL_DS, v1)
     assert first["passed"] and first["first_run"] and first["champion_version"] is None
     assert "gate on auc: PASSED (first run)" in capsys.readouterr().out
@@ -149,7 +151,7 @@ def test_gate_promotes_refuses_and_rolls_back(env, capsys):
     assert {c["status"] for c in mini_app} == {"advisory"}
 
     failed = evaluate_and_gate(settings, uri, EVAL_DS, bad)
-    assert not failed["passed"] and any("homefeed/click fail" in r for r in failed["reasons"])
+    assert not failed["passed"] and any(" fail: " in r for r in failed["reasons"])
     assert promote(settings, failed) == {"promoted": False, "champion": v1, "reason": f"gate failed for v{bad}"}
     assert current_champion(settings) == v1
     bad_version = client.get_model_version(name, bad)
@@ -159,7 +161,7 @@ def test_gate_promotes_refuses_and_rolls_back(env, capsys):
 
     moved = promote(settings, second, actor="test")
     assert moved["promoted"] and moved["previous_champion"] == v1
-    assert client.get_model_version_by_alias(name, "previous_champion").version == v1
+    assert str(client.get_model_version_by_alias(name, "previous_champion").version) == v1
     assert promote(settings, second)["promoted"] is False  # a retried task is a no-op
     with pytest.raises(PromotionError, match="stale decision"):
         promote(settings, third)  # judged against v1, but v2 is champion now
