@@ -92,6 +92,30 @@ def train(
 
 
 @app.command()
+def gate(
+    ds: Day,
+    version: Annotated[str, typer.Option(help="registered model version of the challenger")],
+) -> None:
+    """Score a challenger version against the champion on the run's held-out day."""
+    from msmt import lake, pipeline
+
+    settings = _settings()
+    plan = pipeline.plan_day(settings, ds)
+    decision = pipeline.evaluate_model(settings, plan, lake.training_set(settings, plan.sample_ds), version)
+    raise typer.Exit(code=0 if decision["passed"] else 1)
+
+
+@app.command()
+def promote(ds: Day) -> None:
+    """Apply the stored gate decision of the run for `ds` (compare-and-set on the champion alias)."""
+    from msmt import lake, pipeline, storage
+
+    settings = _settings()
+    decision = storage.read_json(settings, lake.gate_report(settings, pipeline.plan_day(settings, ds).sample_ds))
+    typer.echo(json.dumps(pipeline.promote_model(settings, decision, promote=True), indent=1, default=str))
+
+
+@app.command()
 def rollback() -> None:
     """Point `champion` back at the previous champion."""
     from training.promotion import rollback as restore

@@ -47,6 +47,7 @@ class Settings:
     feature_window_days: int = 7  # trailing window of the user / item aggregates
     train_days: int = 3  # sample days the model trains on; the next day is held out
     max_quarantine_rate: float = 0.05  # a day with more malformed raw rows fails check_raw
+    drift_min_rows: int = 1000  # scenarios with fewer rows a day are not held to the volume / CTR bounds
     retry_delay_s: int = 300  # Airflow retry delay of the idempotent steps (late data, flaky storage)
 
     # model

@@ -218,11 +218,20 @@ def _day_bounds(ds: str) -> tuple[dt.datetime, dt.datetime]:
     return start, start + dt.timedelta(days=1)
 
 
-def _drift(run: _Run, summary: pd.DataFrame, trailing: list[str], with_ctr: bool) -> None:
-    """Per-scenario ratios to the trailing mean; skipped (and said so) when no trailing day exists."""
+def _drift(run: _Run, summary: pd.DataFrame, trailing: list[str], with_ctr: bool, min_rows: int) -> None:
+    """Per-scenario ratios to the trailing mean; skipped (and said so) when no trailing day exists.
+
+    Scenarios averaging fewer than `min_rows` rows a day are reported but not
+    bounded: a ratio of a few hundred rows swings by chance alone.
+    """
     if not trailing:
         run.notes.append("no trailing day found: volume and rate drift expectations skipped")
         return
+    small = summary["trailing_rows"] < min_rows
+    if small.any():
+        names = ", ".join(summary.loc[small, "scenario"])
+        run.notes.append(f"drift not bounded for {names}: fewer than {min_rows} rows a day on the trailing days")
+        summary = summary[~small]
     gxe = run.gx.expectations
     expectations = [
         gxe.ExpectColumnValuesToBeBetween(column="volume_ratio", min_value=VOLUME_RATIO[0], max_value=VOLUME_RATIO[1])
@@ -320,7 +329,7 @@ def check_raw(settings: Settings, ds: str) -> dict:
     if impressions is not None:
         trailing = _trailing(settings, "impressions", ds, ["scenario"])
         summary = _summary(impressions, trailing, settings.scenarios, label=None)
-        _drift(run, summary, sorted(trailing), with_ctr=False)
+        _drift(run, summary, sorted(trailing), with_ctr=False, min_rows=settings.drift_min_rows)
     return run.finish(settings, summary)
 
 
@@ -365,5 +374,5 @@ def check_samples(settings: Settings, sample_ds: str) -> dict:
     if {"scenario", "click"} <= set(frame.columns):
         trailing = _trailing(settings, "samples", sample_ds, ["scenario", "click"])
         summary = _summary(frame, trailing, settings.scenarios, label="click")
-        _drift(run, summary, sorted(trailing), with_ctr=True)
+        _drift(run, summary, sorted(trailing), with_ctr=True, min_rows=settings.drift_min_rows)
     return run.finish(settings, summary)

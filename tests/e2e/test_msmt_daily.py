@@ -23,8 +23,8 @@ DAY1, DAY2, BROKEN_DAY = lake.shift(START, 5), lake.shift(START, 6), lake.shift(
 def world(session_settings):
     """Eight days of tiny logs; the runs need the environment Airflow was configured with."""
     saved = dict(os.environ)
-    settings = session_settings.with_(gate_min_rows=300, epochs=2)
-    simulate(settings, START, 8, 6_000, seed=3, config=SimConfig(n_users=3_000, n_items=800), progress=False)
+    settings = session_settings.with_(gate_min_rows=300, epochs=3, batch_size=256)
+    simulate(settings, START, 8, 10_000, seed=3, config=SimConfig(n_users=2_000, n_items=500), progress=False)
     yield settings
     os.environ.clear()
     os.environ.update(saved)
@@ -38,12 +38,14 @@ def _client(settings):
 
 
 def _alias(settings, name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
+    aliases = _client(settings).get_registered_model(settings.registered_model).aliases
+    return None if name not in aliases else str(aliases[name])
 
-    try:
-        return _client(settings).get_model_version_by_alias(settings.registered_model, name).version
-    except MlflowException:
-        return None
+
+def _gate_report(settings, ds: str) -> str:
+    from msmt.demo import gate_summary
+
+    return gate_summary(settings, ds)
 
 
 def _task_states(ds: str) -> dict[str, str]:
@@ -77,7 +79,7 @@ def test_day1_accounts_for_every_impression_and_crowns_a_champion(world, day1):
     from_impressions = quarantined.filter(pds.field("source") == "impressions").num_rows
     assert from_impressions > 0  # the simulator injects malformed rows
     assert len(rows) + from_impressions == raw
-    assert _alias(world, "champion") is not None
+    assert _alias(world, "champion") is not None, _gate_report(world, DAY1)
 
 
 def test_day2_logs_the_full_gate_matrix(world, day2):
@@ -88,9 +90,14 @@ def test_day2_logs_the_full_gate_matrix(world, day2):
         max(int(v.version) for v in client.search_model_versions(f"name='{world.registered_model}'")),
     )
     assert version.tags["gate.champion_version"] != "None"  # compared against day 1's champion
-    run = client.get_run(version.run_id)
-    cells = [k for k in run.data.metrics if k.startswith("gate.diff.")]
-    assert len(cells) == len(world.scenarios) * len(world.tasks)
+    import mlflow
+
+    decision = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/gate/decision.json")
+    cells = {(c["scenario"], c["task"]) for c in decision["cells"]}
+    assert cells == {(s, t) for s in world.scenarios for t in world.tasks}
+    assert decision["champion_version"] == version.tags["gate.champion_version"]
+    metrics = client.get_run(version.run_id).data.metrics
+    assert "gate.passed" in metrics and "gate.diff.homefeed.click" in metrics
     assert Path(lake.gate_report(world, plan_day(world, DAY2).sample_ds)).exists()
 
 

@@ -18,6 +18,12 @@ pytestmark = pytest.mark.integration
 DS = "2026-01-08"
 
 
+@pytest.fixture
+def settings(settings):
+    """Tiny days: hold every scenario to the drift bounds, however few its rows."""
+    return settings.with_(drift_min_rows=0)
+
+
 def write(path: str, table: pa.Table) -> None:
     Path(path).mkdir(parents=True, exist_ok=True)
     pq.write_table(table, Path(path) / "part-0.parquet")
@@ -100,6 +106,10 @@ def test_check_raw_fails_on_a_volume_collapse_in_one_scenario(settings):
     assert "0.2" in str(failure.value)
     (row,) = [r for r in stored(settings, "raw", DS)["summary"] if r["scenario"] == "mini_app"]
     assert row["volume_ratio"] == pytest.approx(0.2)
+
+    # The same collapse in a scenario below `drift_min_rows` is reported, not enforced.
+    lenient = check_raw(settings.with_(drift_min_rows=11), DS)
+    assert lenient["success"] and "mini_app" in lenient["notes"][0]
 
 
 def samples_day(settings, ds: str, clicks: list[int], scenarios: list[str]) -> None:
