@@ -7,6 +7,7 @@ where the results live.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -52,6 +53,8 @@ def run_demo(settings: Settings, days: int, impressions_per_day: int, seed: int,
     from msmt import orchestration
     from msmt.simulate import simulate
 
+    # Task logs stay in the metadata DB and the Airflow UI; the console gets the summaries.
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     if reset and settings.home.exists():
         shutil.rmtree(settings.home)
     settings.ensure_dirs()

@@ -19,7 +19,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from msmt import lake
+from msmt import lake, storage
 from msmt.settings import Settings
 
 log = logging.getLogger("msmt.pipeline")
@@ -113,9 +113,19 @@ def build_training_set(settings: Settings, plan: DayPlan) -> str:
 
 
 def train_model(settings: Settings, plan: DayPlan, training_set: str, model: str, overrides: dict | None) -> dict:
+    """Train and register the challenger; its MLflow run also carries the data checks it was trained after."""
+    import mlflow
+
     from training.train import train_model as train
 
-    return train(settings, training_set, plan.sample_ds, model, overrides, run_name=f"{model}-{plan.ds}")
+    trained = train(settings, training_set, plan.sample_ds, model, overrides, run_name=f"{model}-{plan.ds}")
+    client = mlflow.MlflowClient()
+    checks = [("raw", d) for d in plan.raw_days] + [("samples", plan.sample_ds)]
+    for suite, day in checks:
+        uri = lake.check_result(settings, suite, day)
+        if storage.exists(settings, uri):
+            client.log_dict(trained["run_id"], storage.read_json(settings, uri), f"checks/{suite}/ds={day}.json")
+    return trained
 
 
 def evaluate_model(settings: Settings, plan: DayPlan, training_set: str, version: str) -> dict:

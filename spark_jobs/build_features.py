@@ -17,7 +17,6 @@ CTR: ctr = (clicks + K·ctr₀) / (impressions + K), cvr = (conversions + M·cvr
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -31,10 +30,10 @@ from spark_jobs.common import (
     flag_clicks,
     flag_conversions,
     flag_impressions,
-    get_spark,
     labelled_impressions,
     read_raw,
     spark_uri,
+    submit,
     usable,
 )
 
@@ -184,14 +183,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--ds", required=True, help="feature day YYYY-MM-DD: aggregates of the days before it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = Settings.from_env()
-    spark = get_spark(settings, app_name="msmt-build-features")
-    try:
-        stats = run(spark, settings, lake.day(args.ds).isoformat())
-    finally:
-        spark.stop()
-    print(json.dumps(stats, indent=2))
-    return stats
+    return submit(run, Settings.from_env(), args.ds, app_name="msmt-build-features")
 
 
 if __name__ == "__main__":

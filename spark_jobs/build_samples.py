@@ -19,7 +19,6 @@ tested and reused; re-running a day overwrites exactly that day.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -34,11 +33,11 @@ from spark_jobs.common import (
     flag_clicks,
     flag_conversions,
     flag_impressions,
-    get_spark,
     labelled_impressions,
     quarantine_rows,
     read_raw,
     spark_uri,
+    submit,
 )
 
 log = logging.getLogger("msmt.build_samples")
@@ -203,13 +202,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             sample_ds,
             settings.attribution_window_days,
         )
-    spark = get_spark(settings, app_name="msmt-build-samples")
-    try:
-        stats = run(spark, settings, lake.day(sample_ds).isoformat())
-    finally:
-        spark.stop()
-    print(json.dumps(stats, indent=2))
-    return stats
+    return submit(run, settings, sample_ds, app_name="msmt-build-samples")
 
 
 if __name__ == "__main__":

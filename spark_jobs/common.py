@@ -11,9 +11,10 @@ first rule the row breaks otherwise.
 
 from __future__ import annotations
 
+import json
 import logging
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import reduce
 
 import pyarrow as pa
@@ -43,6 +44,17 @@ SQL_CONF = {
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",  # Feast and pyarrow need us, not INT96
 }
+
+
+def submit(job: Callable[[SparkSession, Settings, str], dict], settings: Settings, ds: str, app_name: str) -> dict:
+    """Run one job for one day as `spark-submit` does: own session, stopped after, stats printed."""
+    spark = get_spark(settings, app_name=app_name)
+    try:
+        stats = job(spark, settings, lake.day(ds).isoformat())
+    finally:
+        spark.stop()
+    print(json.dumps(stats, indent=2))
+    return stats
 
 
 def get_spark(settings: Settings, app_name: str = "msmt") -> SparkSession:

@@ -98,6 +98,9 @@ def test_day2_logs_the_full_gate_matrix(world, day2):
     assert decision["champion_version"] == version.tags["gate.champion_version"]
     metrics = client.get_run(version.run_id).data.metrics
     assert "gate.passed" in metrics and "gate.diff.homefeed.click" in metrics
+    sample_ds = plan_day(world, DAY2).sample_ds
+    check = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/checks/samples/ds={sample_ds}.json")
+    assert check["success"] and check["ds"] == sample_ds  # the data checks travel with the model
     assert Path(lake.gate_report(world, plan_day(world, DAY2).sample_ds)).exists()
 
 
