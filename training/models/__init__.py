@@ -1,17 +1,21 @@
-"""The model zoo: every model registered by name (one file per model).
+"""The model zoo: every module of this package is one model, registered by its file name.
 
-Add a model: write `training/models/<name>.py` (see base.py for the contract),
-add one `ModelEntry` below; tests/unit/test_models.py then covers it.
+Add a model: write `training/models/<name>.py` defining `MODEL` (the `MsmtModel`
+subclass, whose `Config` is its config dataclass) and `DESCRIPTION` (one line:
+paper, venue, idea). Discovery needs no list to edit, and `msmt.catalog` reads
+the same file names for the DAG's param schema without importing torch.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass, fields
 
 from training.data import FeatureSpec
 from training.models.base import ModelConfig, MsmtModel
-from training.models.mmoe import Mmoe, MmoeConfig
-from training.models.shared_bottom import SharedBottom, SharedBottomConfig
+
+_NOT_MODELS = {"base"}
 
 
 @dataclass(frozen=True)
@@ -21,12 +25,17 @@ class ModelEntry:
     description: str
 
 
-REGISTRY: dict[str, ModelEntry] = {
-    "shared_bottom": ModelEntry(
-        SharedBottom, SharedBottomConfig, "Shared-Bottom (Caruana 1997): one shared MLP, one tower per task"
-    ),
-    "mmoe": ModelEntry(Mmoe, MmoeConfig, "MMoE (Ma et al., KDD 2018): shared experts, one softmax gate per task"),
-}
+def _discover() -> dict[str, ModelEntry]:
+    entries = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name in _NOT_MODELS:
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        entries[info.name] = ModelEntry(module.MODEL, module.MODEL.Config, module.DESCRIPTION)
+    return entries
+
+
+REGISTRY: dict[str, ModelEntry] = _discover()
 
 
 def model_names() -> list[str]:

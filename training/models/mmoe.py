@@ -84,3 +84,7 @@ class Mmoe(MsmtModel):
         gates = self.gates(x)  # (B, T, E)
         mixed = torch.einsum("bte,bed->btd", gates, experts)  # (B, T, D)
         return self.towers(mixed).squeeze(-1)  # (B, T, 1) → (B, T)
+
+
+MODEL = Mmoe
+DESCRIPTION = "MMoE (Ma et al., KDD 2018): shared experts, one softmax gate per task"

@@ -55,3 +55,7 @@ class SharedBottom(MsmtModel):
         x = self.embedding.flat(batch)  # (B, F*k)
         h = self.bottom(x)  # (B, D)
         return self.towers(h).squeeze(-1)  # (B, T, 1) → (B, T)
+
+
+MODEL = SharedBottom
+DESCRIPTION = "Shared-Bottom (Caruana 1997): one shared MLP, one tower per task"
