@@ -43,7 +43,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 airflow-ui: install  ## Airflow UI on the demo's metadata DB: http://localhost:8080
-	eval "$$($(BIN)/msmt env)" && setsid $(BIN)/airflow standalone
+	eval "$$($(BIN)/msmt env)" && PATH="$(CURDIR)/$(BIN):$$PATH" setsid $(BIN)/airflow standalone
 
 mlflow-ui: install  ## MLflow UI on the demo's runs: http://localhost:5000
 	eval "$$($(BIN)/msmt env)" && $(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/python -c 'from msmt.settings import Settings; print(Settings.from_env().mlflow_uri)')" --port 5000

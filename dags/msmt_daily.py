@@ -16,7 +16,8 @@ before it and holds the sample day out for the gate.
 | `check_samples` | GX: label rates and volume per scenario | run stops (no retry) |
 | `publish_features` | Feast apply + materialise to the online store | retried |
 | `build_training_set` | Feast point-in-time join | retried |
-| `train_model` | MLflow run + registered version | not retried |
+| `train_pod` | cluster profile only: torchrun on `gpus` GPUs in a pod → weights + metrics | retried (rewrites) |
+| `train_model` | torchrun workers (local) or the pod's outputs (cluster) → MLflow run + version | not retried |
 | `evaluate_model` | champion vs challenger per scenario × task | retried |
 | `promote_model` | `champion` alias moves only on pass | not retried |
 
@@ -52,6 +53,50 @@ def _stop_on_failed_check(check):
         raise AirflowFailException(str(failed)) from failed
 
 
+def _train_pod(settings):
+    """Cluster profile: the training worker in a GPU pod, the same torchrun command as a local run.
+
+    Plan, training set and model come from XCom / params at run time; the pod writes to
+    `pipeline.training_output`, where `train_model` reads, logs and registers.
+    """
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
+
+    from msmt.pipeline import training_output
+    from training.worker import worker_command
+
+    gpus = "{{ params.gpus }}"
+    command = worker_command(
+        training_set="{{ ti.xcom_pull(task_ids='build_training_set') }}",
+        eval_ds="{{ ti.xcom_pull(task_ids='plan_day')['sample_ds'] }}",
+        model="{{ params.model }}",
+        out=training_output(settings, "{{ ti.xcom_pull(task_ids='plan_day')['ds'] }}", "{{ params.model }}"),
+        workers=gpus,
+        checkpoint_dir="/tmp/msmt-checkpoints",
+    )
+    command[command.index("--overrides") + 1] = (
+        '{% if params.epochs %}{"epochs": {{ params.epochs }}}{% else %}{}{% endif %}'
+    )
+    env = {k: v for k, v in settings.to_env().items() if k != "MSMT_HOME"}  # the scheduler's home is not the pod's
+    return KubernetesPodOperator(
+        task_id="train_pod",
+        name="msmt-train",
+        namespace=getattr(settings, "train_namespace", "msmt"),
+        image=getattr(settings, "train_image", "msmt-train:latest"),
+        cmds=command[:1],
+        arguments=command[1:],
+        env_vars=env,
+        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name="msmt-s3", optional=True))],
+        container_resources=k8s.V1ResourceRequirements(
+            requests={"nvidia.com/gpu": gpus, "cpu": "8", "memory": "32Gi"},
+            limits={"nvidia.com/gpu": gpus},
+        ),
+        on_finish_action="delete_succeeded_pod",
+        get_logs=True,
+        doc_md="#### Train the challenger on GPUs (torchrun in a Kubernetes pod)",
+    )
+
+
 def _plan(plan: dict):
     from msmt.pipeline import DayPlan
 
@@ -70,6 +115,9 @@ def _plan(plan: dict):
         "model": Param("mmoe", type="string", enum=model_names(), description="model of the zoo to train"),
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="override the model's epochs"),
         "promote": Param(True, type="boolean", description="move the champion alias on a passing gate"),
+        "gpus": Param(
+            1, type="integer", minimum=1, description="cluster profile: GPUs (= torchrun ranks) of the training pod"
+        ),
     },
 )
 def msmt_daily():
@@ -125,12 +173,15 @@ def msmt_daily():
 
     @task(retries=0)
     def train_model(plan: dict, training_set: str) -> dict:
-        """#### Train the challenger, log it to MLflow, register a version"""
+        """#### Train the challenger (or read the training pod's outputs), log it to MLflow, register a version"""
         from msmt import pipeline
 
-        params = get_current_context()["params"]
+        settings, params = _settings(), get_current_context()["params"]
         overrides = {"epochs": params["epochs"]} if params.get("epochs") else None
-        return pipeline.train_model(_settings(), _plan(plan), training_set, params["model"], overrides)
+        trained_dir = (
+            pipeline.training_output(settings, plan["ds"], params["model"]) if settings.profile == "cluster" else None
+        )
+        return pipeline.train_model(settings, _plan(plan), training_set, params["model"], overrides, trained_dir)
 
     @task
     def evaluate_model(plan: dict, training_set: str, trained: dict) -> dict:
@@ -153,6 +204,8 @@ def msmt_daily():
     published = publish_features(plan, build_features(plan, raw_checks))
     training_set = build_training_set(plan, sample_checks, published)
     trained = train_model(plan, training_set)
+    if _settings().profile == "cluster":
+        training_set >> _train_pod(_settings()) >> trained
     promote_model(evaluate_model(plan, training_set, trained))
 
 

@@ -112,13 +112,31 @@ def build_training_set(settings: Settings, plan: DayPlan) -> str:
     return features.build_training_set(settings, list(plan.feature_days), plan.sample_ds)
 
 
-def train_model(settings: Settings, plan: DayPlan, training_set: str, model: str, overrides: dict | None) -> dict:
-    """Train and register the challenger; its MLflow run also carries the data checks it was trained after."""
+def training_output(settings: Settings, ds: str, model: str) -> str:
+    """Where a training pod writes the model state and metrics of run day `ds` (lake-relative, per model)."""
+    return f"{settings.lake.rstrip('/')}/training_runs/ds={ds}/{model}"
+
+
+def train_model(
+    settings: Settings,
+    plan: DayPlan,
+    training_set: str,
+    model: str,
+    overrides: dict | None,
+    trained_dir: str | None = None,
+) -> dict:
+    """Train and register the challenger; its MLflow run also carries the data checks it was trained after.
+
+    Training runs in a torchrun process group (`train_workers` ranks) here, unless a
+    training pod already wrote its outputs to `trained_dir` (cluster profile).
+    """
     import mlflow
 
     from training.train import train_model as train
 
-    trained = train(settings, training_set, plan.sample_ds, model, overrides, run_name=f"{model}-{plan.ds}")
+    trained = train(
+        settings, training_set, plan.sample_ds, model, overrides, run_name=f"{model}-{plan.ds}", trained_dir=trained_dir
+    )
     client = mlflow.MlflowClient()
     checks = [("raw", d) for d in plan.raw_days] + [("samples", plan.sample_ds)]
     for suite, day in checks:

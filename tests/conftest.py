@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from msmt.settings import Settings
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+logging.getLogger("py4j").setLevel(logging.WARNING)  # its atexit log lines would hit a closed stream
 
 # Airflow reads its configuration on first import, so the whole test session
 # shares one Airflow home (and metadata DB), set before anything imports it.

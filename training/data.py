@@ -26,7 +26,7 @@ import torch
 
 from msmt import schemas
 
-_BATCH_KEYS = ("sparse", "dense", "seq", "scenario", "labels", "label_mask")
+_BATCH_KEYS = ("sparse", "dense", "seq", "scenario", "labels", "label_mask", "group")
 
 
 @dataclass
@@ -104,6 +104,17 @@ def default_spec(n_scenarios: int, tasks: tuple[str, ...] | list[str], id_vocab:
 
 
 @dataclass
+class EpochPlan:
+    """One epoch's visiting order: batch `s` is rows `order[bounds[s]:bounds[s + 1]]`."""
+
+    order: torch.Tensor | None  # Long (N,) on the CPU; None = the split's own order
+    bounds: torch.Tensor  # Long (S + 1,) on the CPU, bounds[0] = 0, bounds[-1] = N
+
+    def __len__(self) -> int:
+        return self.bounds.numel() - 1
+
+
+@dataclass
 class TensorData:
     """A whole split as aligned tensors (row i of each is one impression)."""
 
@@ -121,8 +132,20 @@ class TensorData:
     def _map(self, fn) -> TensorData:
         return TensorData(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
 
+    @property
+    def device(self) -> torch.device:
+        return self.sparse.device
+
+    def nbytes(self) -> int:
+        """Compact size: the bytes of every tensor (what one copy of the split costs)."""
+        return sum(getattr(self, f.name).nbytes for f in fields(self))
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> TensorData:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> TensorData:
+        """Page-locked host copies, so host-to-device copies can be asynchronous (needs CUDA)."""
+        return self._map(lambda t: t.pin_memory())
 
     def select(self, index_or_mask: torch.Tensor | np.ndarray | slice) -> TensorData:
         """Rows by index, boolean mask or slice (on the data's device)."""
@@ -132,19 +155,79 @@ class TensorData:
             index_or_mask = index_or_mask.to(self.sparse.device)
         return self._map(lambda t: t[index_or_mask])
 
-    def batches(
-        self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
-    ) -> Iterator[dict[str, torch.Tensor]]:
-        """Dict batches by slicing; with `shuffle` the split is permuted once per call (per epoch)."""
+    def shard(self, rank: int, world_size: int) -> TensorData:
+        """This rank's rows for data-parallel training: whole requests, split by a hash of the
+        request index, so every rank gets an i.i.d. share and the split is the same in every process."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        if world_size == 1:
+            return self
+        owner = _splitmix64(self.group.cpu().numpy()) % np.uint64(world_size)
+        return self.select(torch.from_numpy(np.flatnonzero(owner == np.uint64(rank))))
+
+    def plan(
+        self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None, by_request: bool = False
+    ) -> EpochPlan:
+        """Batch boundaries (and, with `shuffle`, a permutation) for one epoch, drawn on the CPU.
+
+        `by_request`: every request's rows sit in one batch, requests are shuffled as
+        units, and a batch takes whole requests until it reaches about `batch_size`
+        rows (a batch starts at the first request starting at or past a multiple of
+        `batch_size` rows, so it holds at most `batch_size + longest request - 1` rows).
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        data = self
-        if shuffle:  # permutation drawn on the CPU (CPU generator), applied on the data's device
-            perm = torch.randperm(len(self), generator=generator).to(self.sparse.device)
-            data = self.select(perm)
-        tensors = {key: getattr(data, key) for key in _BATCH_KEYS}
-        for start in range(0, len(self), batch_size):
-            yield {key: t[start : start + batch_size] for key, t in tensors.items()}
+        n = len(self)
+        if not by_request:
+            order = torch.randperm(n, generator=generator) if shuffle else None
+            return EpochPlan(order, torch.cat([torch.arange(0, n, batch_size), torch.tensor([n])]))
+        by_group = torch.sort(self.group.cpu(), stable=True)  # rows of a request become contiguous
+        _, counts = torch.unique_consecutive(by_group.values, return_counts=True)  # (G,)
+        starts = torch.cumsum(counts, 0) - counts  # (G,) first sorted position of each request
+        visit = torch.randperm(len(counts), generator=generator) if shuffle else torch.arange(len(counts))
+        counts, starts = counts[visit], starts[visit]  # (G,) in visiting order
+        offsets = torch.cumsum(counts, 0) - counts  # (G,) first output position of each request
+        within = torch.arange(n) - torch.repeat_interleave(offsets, counts)  # (N,) position inside its request
+        order = by_group.indices[torch.repeat_interleave(starts, counts) + within]  # (N,)
+        batch_of = torch.div(offsets, batch_size, rounding_mode="floor")  # (G,)
+        opens = torch.ones_like(batch_of, dtype=torch.bool)
+        opens[1:] = batch_of[1:] != batch_of[:-1]
+        return EpochPlan(order, torch.cat([offsets[opens], torch.tensor([n])]))
+
+    def iter_plan(
+        self,
+        plan: EpochPlan,
+        start: int = 0,
+        stop: int | None = None,
+        device: torch.device | str | None = None,
+        pin_memory: bool = False,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches `start..stop-1` of `plan`. Data already on `device` is permuted once there and
+        sliced (views); otherwise each batch is gathered on the host, optionally pinned, and copied
+        with `non_blocking`, so the copy overlaps the host's work on the next batch."""
+        stop = len(plan) if stop is None else min(stop, len(plan))
+        device = self.device if device is None else torch.device(device)
+        bounds = plan.bounds.tolist()
+        if device == self.device:
+            data = self if plan.order is None else self.select(plan.order)
+            tensors = {key: getattr(data, key) for key in _BATCH_KEYS}
+            for s in range(start, stop):
+                yield {key: t[bounds[s] : bounds[s + 1]] for key, t in tensors.items()}
+            return
+        tensors = {key: getattr(self, key) for key in _BATCH_KEYS}
+        pin = pin_memory and device.type == "cuda"
+        for s in range(start, stop):
+            rows = slice(bounds[s], bounds[s + 1]) if plan.order is None else plan.order[bounds[s] : bounds[s + 1]]
+            batch = {key: t[rows] for key, t in tensors.items()}
+            if pin:
+                batch = {key: t.pin_memory() for key, t in batch.items()}
+            yield {key: t.to(device, non_blocking=pin) for key, t in batch.items()}
+
+    def batches(
+        self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None, by_request: bool = False
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Dict batches by slicing; with `shuffle` the split is permuted once per call (per epoch)."""
+        return self.iter_plan(self.plan(batch_size, shuffle, generator, by_request))
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

@@ -132,3 +132,20 @@ class FeatureEmbedding(nn.Module):
     def flat(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The field embeddings concatenated: `(B, F*k)`."""
         return self(batch).flatten(1)  # (B, F*k)
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward, gradient times `-scale` backward (Ganin & Lempitsky, ICML 2015).
+
+    `GradientReversal.apply(x, scale)`: what follows is trained to minimise its loss
+    while everything before `x` is trained to maximise it, `scale` times as strongly.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = float(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None

@@ -7,14 +7,19 @@ partition as a dataset input whose digest is a hash of the partition's files
 (same bytes ⇔ same digest), and the pyfunc model, registered as a new version
 of `settings.registered_model` tagged `status=challenger`. Only the gate
 (training.promotion) moves the `champion` alias.
+
+Training itself runs in its own process group (training.worker under torchrun,
+`settings.train_workers` ranks) or, in the cluster profile, in a GPU pod that
+wrote its outputs to `trained_dir` beforehand; this process only logs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import tempfile
 import warnings
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict
 
 import mlflow
 import pandas as pd
@@ -32,7 +37,8 @@ from training.data import default_spec, encode, read_training_set, split_by_day
 from training.evaluate import cell_metrics
 from training.models import build_model
 from training.pyfunc import log_ranker
-from training.trainer import TrainConfig, fit, predict
+from training.trainer import TrainConfig, predict
+from training.worker import launch, read_metrics, read_state_dict, split_overrides
 
 CELL_METRICS = ("auc", "logloss")
 
@@ -44,13 +50,15 @@ def train_model(
     model_name: str | None = None,
     overrides: dict | None = None,
     run_name: str | None = None,
+    trained_dir: str | None = None,
 ) -> dict:
     """Fit on the days before `eval_ds`, evaluate on `eval_ds`, log and register the model.
 
     `overrides` mixes `TrainConfig` fields (epochs, batch_size, lr, …) and fields
     of the model's config (n_experts, emb_dim, …); each goes where it belongs.
     Returns plain values for XCom: run_id, model_uri (`models:/<name>/<version>`),
-    version and the held-out cell metrics.
+    version and the held-out cell metrics. `trained_dir`: outputs of a worker that
+    already ran (the cluster's pod); None runs it here through torchrun.
     """
     model_name = model_name or settings.model_name
     train_cfg, model_overrides = _split_overrides(settings, overrides or {})
@@ -59,8 +67,8 @@ def train_model(
     if train_table.num_rows == 0:
         raise ValueError(f"no training rows before {eval_ds} in {training_set_uri}")
     spec = default_spec(len(settings.scenarios), settings.tasks)
-    train_data, eval_data = encode(train_table, spec), encode(eval_table, spec)
-    torch.manual_seed(train_cfg.seed)  # fit seeds only after the model exists: seed its initial weights too
+    eval_data = encode(eval_table, spec)  # the worker encodes the training days itself
+    torch.manual_seed(train_cfg.seed)
     model = build_model(model_name, spec, **model_overrides)
     model_config = asdict(model.config)
 
@@ -82,8 +90,16 @@ def train_model(
             }
         )
         mlflow.log_input(_training_dataset(training_set_uri, table), context="training")
-        fitted = fit(model, train_data, eval_data, train_cfg, on_epoch=lambda step, m: mlflow.log_metrics(m, step=step))
-        mlflow.set_tag("msmt.device", fitted.device)
+        with tempfile.TemporaryDirectory(prefix="msmt-train-") as scratch:
+            out = trained_dir or scratch
+            if trained_dir is None:
+                workers = getattr(settings, "train_workers", 1)
+                launch(settings, training_set_uri, eval_ds, model_name, out, overrides or {}, workers)
+            fitted = read_metrics(out)
+            model.load_state_dict(read_state_dict(out))
+        for step, epoch_metrics in enumerate(fitted["history"]):
+            mlflow.log_metrics(epoch_metrics, step=step)
+        mlflow.set_tags({"msmt.device": fitted["device"], "msmt.train_workers": fitted["world_size"]})
 
         cells = cell_metrics(
             predict(model, eval_data),
@@ -119,12 +135,7 @@ def train_model(
 
 def _split_overrides(settings: Settings, overrides: dict) -> tuple[TrainConfig, dict]:
     """Settings' optimiser defaults, then the `TrainConfig` overrides; the rest is model config."""
-    train_fields = {f.name for f in fields(TrainConfig)}
-    base = TrainConfig(
-        epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.learning_rate, seed=settings.seed
-    )
-    cfg = replace(base, **{k: v for k, v in overrides.items() if k in train_fields})
-    return cfg, {k: v for k, v in overrides.items() if k not in train_fields}
+    return split_overrides(settings, overrides)
 
 
 def partition_digest(uri: str) -> str:

@@ -1,0 +1,223 @@
+"""AliExpress (Tianchi dataset 74690, "AliExpress Searching System Dataset") → msmt raw logs.
+
+Source: traffic logs of AliExpress search in five countries, released as one file set per country
+(Li et al., "Improving multi-scenario learning to rank in e-commerce by exploiting task relationships
+in the label space", CIKM 2020). The original zips split each country into user/query features (one
+row per search result page) and item features + a 0/1/2 label (browse / click / purchase), joined
+on the search id. What this importer reads is the widely used processed layout of that release
+(MTReclib `data/preprocess.py`, also distributed ready-made as `AliExpress_<CC>/{train,test}.csv`),
+one CSV per split with a header:
+
+    search_id, categorical_1 … categorical_16, numerical_1 … numerical_63, click, conversion
+
+where search_id is the original search (page) id, categorical_1..9 come from the user/query file
+(its columns 2–8, 32, 33), categorical_10..16 from the item file (its columns 19, 34, 35, 36, 40,
+41, 42), and click / conversion are 0/1 (label 1 → click; 2 → click and conversion). Columns are
+found by name, so extra or missing numerical columns do not matter. Assumptions and mapping:
+
+- scenario = the country, lower case (`nl`, `es`, `fr`, `us`, `ru`), read from an `AliExpress_<CC>`
+  (or `aliexpress_<cc>`) component of the path, or given with `scenario=`.
+- A stream (for synthetic time, see `msmt.importers`) is one country's files in the order given; a
+  directory contributes train.csv then test.csv (the release splits them along time), else its
+  *.csv sorted by name.
+- request_id = "ae-<cc>-<search_id>"; position = row order within the search.
+- The release has no user or item id. user_id = stable hash of the country and the user/query
+  categorical columns (`user_columns`, default categorical_1..9): a pseudo-user, i.e. a profile
+  cluster. item_id = stable hash of the country and the item categorical columns (`item_columns`,
+  default categorical_10..16): a pseudo-item. Pass other column lists if you know better ones.
+- user_segment ← `segment_column` (categorical_1), item_category ← `category_column`
+  (categorical_10), item_price_bucket ← `price_column` (categorical_11), each hashed into the
+  simulator's vocabulary. Numerical features have no raw column and are not imported.
+- impression_id = "ae-<cc>-<file stem>-<data row number>".
+- Malformed: a line with the wrong number of fields (bad_column_count), an empty search_id
+  (missing_search_id), a label other than 0/1 (bad_label), conversion without click
+  (conversion_without_click). The CSV is streamed in blocks with pyarrow, never loaded whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pv
+from tqdm import tqdm
+
+from msmt.importers import Batch, RawWriter, count_lines
+from msmt.settings import Settings
+
+_COUNTRY = re.compile(r"aliexpress_([a-z]{2})(?![a-z])", re.IGNORECASE)
+_TRUE = ("1", "1.0")
+_LABELS = ("0", "1", "0.0", "1.0")
+
+
+@dataclass(frozen=True)
+class AliExpressLayout:
+    """Which CSV columns feed which raw column (defaults: MTReclib's processed layout)."""
+
+    request_column: str = "search_id"
+    user_columns: tuple[str, ...] = tuple(f"categorical_{i}" for i in range(1, 10))
+    item_columns: tuple[str, ...] = tuple(f"categorical_{i}" for i in range(10, 17))
+    segment_column: str = "categorical_1"
+    category_column: str = "categorical_10"
+    price_column: str = "categorical_11"
+    click_column: str = "click"
+    conversion_column: str = "conversion"
+    block_size: int = 64 << 20  # bytes per streamed CSV block
+
+    @property
+    def columns(self) -> list[str]:
+        wanted = [
+            self.request_column,
+            *self.user_columns,
+            *self.item_columns,
+            self.segment_column,
+            self.category_column,
+            self.price_column,
+            self.click_column,
+            self.conversion_column,
+        ]
+        return list(dict.fromkeys(wanted))
+
+
+def scenario_of(path: Path) -> str | None:
+    """Country code of an `AliExpress_<CC>` path component, lower case; None if there is none."""
+    for part in reversed(path.resolve().parts):
+        found = _COUNTRY.search(part)
+        if found:
+            return found.group(1).lower()
+    return None
+
+
+def discover(paths: Sequence[Path], scenario: str | None = None) -> dict[str, list[Path]]:
+    """CSV files per scenario, in stream order (directories: train.csv, test.csv, else *.csv)."""
+    streams: dict[str, list[Path]] = {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            named = [path / "train.csv", path / "test.csv"]
+            files = [f for f in named if f.exists()] or sorted(path.glob("*.csv"))
+        elif path.exists():
+            files = [path]
+        else:
+            raise FileNotFoundError(f"no such file or directory: {path}")
+        if not files:
+            raise FileNotFoundError(f"no CSV file in {path}")
+        name = scenario or scenario_of(path)
+        if name is None:
+            raise ValueError(f"cannot tell the country of {path}: name it AliExpress_<CC> or pass a scenario")
+        streams.setdefault(name, []).extend(files)
+    return streams
+
+
+def import_aliexpress(
+    settings: Settings,
+    paths: Sequence[Path],
+    start: str,
+    days: int,
+    scenario: str | None = None,
+    scenarios: Sequence[str] | None = None,
+    device: str = "unknown",
+    layout: AliExpressLayout | None = None,
+    progress: bool = True,
+) -> dict:
+    """Import AliExpress CSVs into raw partitions for `days` days from `start`; returns the report."""
+    layout = layout or AliExpressLayout()
+    streams = discover(paths, scenario)
+    writer = RawWriter(settings, start, days, device=device, scenarios=scenarios)
+    for name, files in streams.items():
+        sizes = [max(count_lines(f) - 1, 0) for f in files]  # minus the header
+        total = max(sum(sizes), 1)
+        offset = 0
+        with tqdm(total=total, desc=f"aliexpress {name}", unit="row", disable=not progress) as bar:
+            for path, size in zip(files, sizes, strict=True):
+                for batch in _batches(path, name, layout, writer, offset, total):
+                    writer.add(batch)
+                    bar.update(len(batch))
+                offset += size
+    return writer.close()
+
+
+def _batches(
+    path: Path, scenario: str, layout: AliExpressLayout, writer: RawWriter, offset: int, total: int
+) -> Iterator[Batch]:
+    """Stream one CSV as Batches; malformed rows go to `writer.reject`."""
+    with open(path, newline="", encoding="utf-8") as f:
+        header = [name.strip() for name in next(csv.reader(f), [])]
+    missing = [c for c in layout.columns if c not in header]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing} (found {header[:5]}…); see AliExpressLayout")
+    where = f"{path.name}"
+
+    def on_invalid(row) -> str:
+        writer.reject("bad_column_count", f"{where}:{row.number}: {row.text}")
+        return "skip"
+
+    seen = 0  # well-formed data rows so far: numbers the impressions and places them in time
+    reader = pv.open_csv(
+        path,
+        read_options=pv.ReadOptions(block_size=layout.block_size),
+        parse_options=pv.ParseOptions(invalid_row_handler=on_invalid),
+        convert_options=pv.ConvertOptions(
+            include_columns=layout.columns, column_types=dict.fromkeys(layout.columns, pa.string())
+        ),
+    )
+    prefix = f"ae-{scenario}-{path.stem}-"
+    for record in reader:
+        n = record.num_rows
+        if not n:
+            continue
+        first, seen = seen, seen + n
+        index = np.arange(first, first + n)
+        column = record.column
+        click_s, conv_s = column(layout.click_column), column(layout.conversion_column)
+        request = column(layout.request_column)
+        labels_ok = _is_in(click_s, _LABELS) & _is_in(conv_s, _LABELS)
+        click, conversion = _is_in(click_s, _TRUE), _is_in(conv_s, _TRUE)
+        has_request = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(request)), 0).to_numpy(zero_copy_only=False)
+        reasons = np.where(
+            ~has_request,
+            "missing_search_id",
+            np.where(~labels_ok, "bad_label", np.where(conversion & ~click, "conversion_without_click", "")),
+        )
+        bad = np.flatnonzero(reasons != "")
+        for k in bad.tolist():
+            writer.reject(str(reasons[k]), f"{where}:{index[k] + 2}: " + ",".join(_row_text(record, k)))
+        good = np.flatnonzero(reasons == "")
+        if len(good) < n:
+            record = record.take(pa.array(good))
+            column = record.column
+            click, conversion, index = click[good], conversion[good], index[good]
+            request = column(layout.request_column)
+        yield Batch(
+            impression_id=pa.array([f"{prefix}{k}" for k in index.tolist()], pa.string()),
+            request_key=pc.binary_join_element_wise(f"ae-{scenario}-", pc.utf8_trim_whitespace(request), ""),
+            scenario=pa.array(np.full(len(good), scenario, dtype=object), pa.string()),
+            user_key=_joined(record, scenario, layout.user_columns),
+            item_key=_joined(record, scenario, layout.item_columns),
+            segment_key=column(layout.segment_column),
+            category_key=column(layout.category_column),
+            price_key=column(layout.price_column),
+            click=click,
+            conversion=conversion,
+            frac=(offset + index) / total,
+        )
+
+
+def _is_in(values: pa.Array, allowed: tuple[str, ...]) -> np.ndarray:
+    return pc.is_in(pc.utf8_trim_whitespace(values), pa.array(allowed)).to_numpy(zero_copy_only=False)
+
+
+def _joined(record: pa.RecordBatch, scenario: str, columns: Sequence[str]) -> pa.Array:
+    """`<scenario>|c1|c2|…` per row: the key of a pseudo-user / pseudo-item."""
+    parts = [pa.array(np.full(record.num_rows, scenario, dtype=object), pa.string())]
+    parts += [record.column(c) for c in columns]
+    return pc.binary_join_element_wise(*parts, "|")
+
+
+def _row_text(record: pa.RecordBatch, k: int) -> list[str]:
+    return [str(record.column(i)[k].as_py()) for i in range(record.num_columns)]

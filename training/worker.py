@@ -1,0 +1,201 @@
+"""The training process: read a training set, train one zoo model, write its weights and metrics.
+
+Runs under torchrun, on one CPU or many GPUs alike:
+
+    python -m torch.distributed.run --standalone --nproc-per-node N -m training.worker \\
+        --training-set <uri> --eval-ds <day> --model mmoe --out <dir or s3://…> [--overrides '{"epochs": 3}']
+
+Settings come from the `MSMT_*` environment (`Settings.to_env()` of the parent);
+`--overrides` mixes TrainConfig and model-config fields as in training.train.
+Every rank reads the partition, keeps its own requests (`TensorData.shard`) of
+the training days and of the held-out day (the validation loss), and trains;
+rank 0 writes `<out>/model.pt` (the state dict, read back with
+`weights_only=True`) and `<out>/metrics.json` (per-epoch history, device,
+world size, throughput, configs). Checkpoints go to `--checkpoint-dir`
+(default `<out>/checkpoints` for a local `--out`), and a restarted worker
+resumes from the last one. MLflow is not used here: the parent logs.
+
+Module level imports the standard library only, so the DAG can build the
+command (`worker_command`) without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.json"
+
+
+def worker_command(
+    training_set: str,
+    eval_ds: str,
+    model: str,
+    out: str,
+    overrides: dict | None = None,
+    workers: int | str = 1,
+    python: str = "python",
+    checkpoint_dir: str | None = None,
+) -> list[str]:
+    """The torchrun command line that trains `model` (the same for a subprocess and a pod);
+    string arguments may be Airflow templates (`workers="{{ params.gpus }}"`)."""
+    if isinstance(workers, int) and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    command = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}"]
+    command += ["-m", "training.worker", "--training-set", training_set, "--eval-ds", eval_ds]
+    command += ["--model", model, "--out", out, "--overrides", json.dumps(overrides or {}, sort_keys=True)]
+    if checkpoint_dir:
+        command += ["--checkpoint-dir", checkpoint_dir]
+    return command
+
+
+def split_overrides(settings, overrides: dict):
+    """Settings' optimiser defaults, then the `TrainConfig` overrides; the rest is model config."""
+    from training.trainer import TrainConfig
+
+    train_fields = {f.name for f in fields(TrainConfig)}
+    base = TrainConfig(
+        epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.learning_rate, seed=settings.seed
+    )
+    cfg = replace(base, **{k: v for k, v in overrides.items() if k in train_fields})
+    return cfg, {k: v for k, v in overrides.items() if k not in train_fields}
+
+
+def launch(
+    settings,
+    training_set: str,
+    eval_ds: str,
+    model: str,
+    out: str | os.PathLike,
+    overrides: dict | None = None,
+    workers: int = 1,
+) -> dict:
+    """Run the worker as its own process group through torchrun; returns its metrics.json.
+
+    The child gets the parent's environment plus `settings.to_env()`; its output
+    goes to `<out>/worker.log`, whose tail is in the error when it fails.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = worker_command(training_set, eval_ds, model, str(out), overrides, workers, python=sys.executable)
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, **settings.to_env()}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    log_path = out / "worker.log"
+    with open(log_path, "wb") as log:
+        done = subprocess.run(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"training worker failed (exit {done.returncode}); {log_path} ends with:\n{tail}")
+    return read_metrics(str(out))
+
+
+def _filesystem(uri: str):
+    import pyarrow.fs as pafs
+
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), str(Path(uri).resolve())
+    return pafs.FileSystem.from_uri(uri)
+
+
+def _write(uri: str, name: str, payload: bytes) -> None:
+    """Local: atomic (tmp + rename); object stores: one put (atomic there already)."""
+    if "://" not in uri:
+        Path(uri).mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=uri)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, Path(uri) / name)
+        return
+    fs, root = _filesystem(uri)
+    with fs.open_output_stream(f"{root.rstrip('/')}/{name}") as stream:
+        stream.write(payload)
+
+
+def _read(uri: str, name: str) -> bytes:
+    fs, root = _filesystem(uri)
+    with fs.open_input_stream(f"{root.rstrip('/')}/{name}") as stream:
+        return stream.read()
+
+
+def read_metrics(out: str) -> dict:
+    return json.loads(_read(out, METRICS_FILE))
+
+
+def read_state_dict(out: str) -> dict:
+    """The trained weights (tensors only: `weights_only=True`)."""
+    import torch
+
+    return torch.load(io.BytesIO(_read(out, MODEL_FILE)), map_location="cpu", weights_only=True)
+
+
+def run(args: argparse.Namespace) -> dict | None:
+    import torch
+
+    from msmt.settings import Settings
+    from training import distributed
+    from training.data import default_spec, encode, read_training_set, split_by_day
+    from training.models import build_model
+    from training.trainer import fit
+
+    settings = Settings.from_env()
+    ctx = distributed.init_from_env()
+    try:
+        train_cfg, model_overrides = split_overrides(settings, json.loads(args.overrides))
+        checkpoint_dir = (
+            args.checkpoint_dir
+            or train_cfg.checkpoint_dir
+            or ("" if "://" in args.out else str(Path(args.out) / "checkpoints"))
+        )
+        train_cfg = replace(train_cfg, checkpoint_dir=checkpoint_dir)
+        spec = default_spec(len(settings.scenarios), settings.tasks)
+        train_table, eval_table = split_by_day(read_training_set(args.training_set), args.eval_ds)
+        if train_table.num_rows == 0:
+            raise ValueError(f"no training rows before {args.eval_ds} in {args.training_set}")
+        train = encode(train_table, spec).shard(ctx.rank, ctx.world_size)
+        valid = encode(eval_table, spec).shard(ctx.rank, ctx.world_size)
+        torch.manual_seed(train_cfg.seed)  # the initial weights (DDP broadcasts rank 0's anyway)
+        model = build_model(args.model, spec, **model_overrides)
+        result = fit(model, train, valid, train_cfg)
+        if not ctx.is_main:
+            return None
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+        _write(args.out, MODEL_FILE, buffer.getvalue())
+        metrics = {
+            "model": args.model,
+            "model_config": asdict(model.config),
+            "train_config": asdict(train_cfg),
+            "spec": spec.to_dict(),
+            "train_rows": train_table.num_rows,
+            "eval_rows": eval_table.num_rows,
+            **asdict(result),
+        }
+        _write(args.out, METRICS_FILE, json.dumps(metrics, indent=1, default=str).encode())
+        return metrics
+    finally:
+        distributed.barrier()
+        distributed.shutdown()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--training-set", required=True, help="training-set partition (path or URI)")
+    parser.add_argument("--eval-ds", required=True, help="held-out day; training uses the days before it")
+    parser.add_argument("--model", required=True, help="zoo model name")
+    parser.add_argument("--out", required=True, help="output directory or URI (rank 0 writes)")
+    parser.add_argument("--overrides", default="{}", help="JSON: TrainConfig and model-config fields")
+    parser.add_argument("--checkpoint-dir", default=None, help="local directory; default <out>/checkpoints")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    run(parse_args())
