@@ -195,16 +195,18 @@ def simulate(
 def oracle_auc(truth: pd.DataFrame, labels: pd.DataFrame) -> dict[tuple[str, str], float]:
     """AUC of the true probabilities per (scenario, task): the ceiling a model is measured against.
 
-    `labels` has impression_id, click, conversion (conversion on the impression space). Click is
-    scored on all impressions with p_click; conversion, like CVR in the gate, on clicked impressions
-    with the true p(conversion | click). A cell with one class only is NaN.
+    `labels` has impression_id, click, conversion (conversion on the impression space). Cells are
+    scored as the gate scores models: click and conversion (click ∧ purchase) on all impressions,
+    with p_click and p_conversion. `cvr` — conversion given click, on clicked impressions — is
+    returned too, for the CVR view. A cell with one class only is NaN.
     """
     df = truth.merge(labels[["impression_id", "click", "conversion"]], on="impression_id")
     out: dict[tuple[str, str], float] = {}
     for scenario, cell in df.groupby("scenario", sort=True):
         out[(scenario, "click")] = _auc(cell["click"], cell["p_click"])
+        out[(scenario, "conversion")] = _auc(cell["conversion"], cell["p_conversion"])
         clicked = cell[cell["click"] == 1]
-        out[(scenario, "conversion")] = _auc(clicked["conversion"], clicked["p_conversion"] / clicked["p_click"])
+        out[(scenario, "cvr")] = _auc(clicked["conversion"], clicked["p_conversion"] / clicked["p_click"])
     return out
 
 

@@ -33,7 +33,7 @@ Resolutions and fidelity switches (not fixed by the paper; [R] in MODELS.md):
   with label 0 on the heads of other scenarios. The default trains each sample on its
   own scenario's heads only (the trainer's masked BCE on the returned logits). With
   True, `extra_losses` adds the other scenarios' heads against label 0, normalised per
-  task like the trainer's BCE, which reproduces the code's loss exactly; only in
+  task like the trainer's BCE (the code's loss exactly when no label is masked); only in
   `head_mode="scenario_task"`. The per-head logits ride on the returned logits tensor
   (attribute `hinet_heads`), so no state is kept on the module; without it they are
   recomputed (a second forward, with fresh dropout masks).

@@ -1,0 +1,173 @@
+"""Train every model of the zoo on the same simulated logs and compare them cell by cell.
+
+    .venv/bin/python bench/zoo.py --impressions-per-day 350000 --seeds 0 1 2 --record
+
+Builds the data with the pipeline's own steps (simulator → Spark samples and
+features → Feast point-in-time training set), trains each model on the
+`train_days` sample days and scores the held-out day: per scenario × task AUC
+(mean ± spread over seeds), the oracle AUC of each cell from the simulator's true
+probabilities, parameter count, training samples per second and peak memory.
+Each (model, seed) trains in a fresh process so its peak memory is its own.
+`--record` rewrites the zoo section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pds
+
+from msmt import lake, pipeline
+from msmt.settings import PROJECT_ROOT, Settings
+from msmt.simulate import oracle_auc, simulate
+
+START = "2026-01-01"
+DOC = PROJECT_ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
+
+
+def prepare(settings: Settings, impressions_per_day: int) -> tuple[str, str, dict]:
+    """Simulate, then build samples, features and the training set exactly as msmt_daily does."""
+    days = settings.train_days + settings.attribution_window_days + 1
+    simulate(settings, START, days, impressions_per_day, seed=0)
+    plan = pipeline.plan_day(settings, lake.shift(START, days - 1))
+    pipeline.build_samples(settings, plan)
+    pipeline.build_features(settings, plan)
+    pipeline.publish_features(settings, plan)
+    training_set = pipeline.build_training_set(settings, plan)
+    truth = pds.dataset(lake.raw(settings, "truth", plan.sample_ds)).to_table().to_pandas()
+    labels = pds.dataset(training_set).to_table(columns=["impression_id", "click", "conversion", "ds"]).to_pandas()
+    oracle = oracle_auc(truth, labels[labels["ds"] == plan.sample_ds])
+    return training_set, plan.sample_ds, oracle
+
+
+def train_one(args: tuple) -> dict:
+    """One (model, seed): fit on the train days, score the held-out day (runs in its own process)."""
+    settings, training_set, eval_ds, name, seed, epochs = args
+    import torch
+
+    from training.data import default_spec, encode, read_training_set, split_by_day
+    from training.evaluate import cell_metrics
+    from training.models import build_model
+    from training.trainer import TrainConfig, fit, predict
+
+    train_table, eval_table = split_by_day(read_training_set(training_set), eval_ds)
+    spec = default_spec(len(settings.scenarios), settings.tasks)
+    train, held_out = encode(train_table, spec), encode(eval_table, spec)
+    torch.manual_seed(seed)
+    model = build_model(name, spec)
+    fitted = fit(model, train, None, TrainConfig(epochs=epochs, batch_size=2048, lr=2e-3, seed=seed))
+    cells = cell_metrics(
+        predict(model, held_out),
+        held_out.labels.numpy(),
+        held_out.label_mask.numpy(),
+        held_out.scenario.numpy(),
+        settings.scenarios,
+        settings.tasks,
+    )
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if torch.cuda.is_available()
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {
+        "model": name,
+        "seed": seed,
+        "params": sum(p.numel() for p in model.parameters()),
+        "samples_per_s": fitted.samples_per_s,
+        "peak_bytes": peak,
+        "train_rows": len(train),
+        "auc": {(c["scenario"], c["task"]): c["auc"] for c in cells},
+    }
+
+
+def table(results: list[dict], oracle: dict, cells: list[tuple[str, str]]) -> str:
+    """Markdown: one row per model, AUC mean ± spread (max − min over seeds) per cell."""
+    by_model: dict[str, list[dict]] = {}
+    for r in results:
+        by_model.setdefault(r["model"], []).append(r)
+    head = ["model", *[f"{s}/{t}" for s, t in cells], "mean", "params", "samples/s", "peak MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append(
+        "| oracle | "
+        + " | ".join(f"{oracle[c]:.4f}" for c in cells)
+        + f" | {np.nanmean([oracle[c] for c in cells]):.4f} | | | |"
+    )
+    for name, runs in sorted(
+        by_model.items(), key=lambda kv: -np.nanmean([np.nanmean(list(r["auc"].values())) for r in kv[1]])
+    ):
+        row = [name]
+        for c in cells:
+            values = [r["auc"][c] for r in runs]
+            spread = f" ± {(max(values) - min(values)) / 2:.4f}" if len(values) > 1 else ""
+            row.append(f"{statistics.fmean(values):.4f}{spread}")
+        row.append(f"{np.nanmean([np.nanmean(list(r['auc'].values())) for r in runs]):.4f}")
+        row += [
+            f"{runs[0]['params']:,}",
+            f"{statistics.fmean(r['samples_per_s'] for r in runs):,.0f}",
+            f"{max(r['peak_bytes'] for r in runs) / 2**20:,.0f}",
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def record(text: str) -> None:
+    doc = DOC.read_text()
+    if BEGIN in doc:
+        doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END) :]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
+    DOC.write_text(doc)
+
+
+def main() -> None:
+    from training.models import model_names
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impressions-per-day", type=int, default=350_000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=model_names())
+    parser.add_argument("--record", action="store_true", help="write the table into docs/benchmarks.md")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="msmt-zoo-") as home:
+        settings = Settings.from_env(home=Path(home))
+        started = time.perf_counter()
+        training_set, eval_ds, oracle = prepare(settings, args.impressions_per_day)
+        print(f"data ready in {time.perf_counter() - started:.0f} s: {training_set}")
+        cells = [(s, t) for s in settings.scenarios for t in settings.tasks]
+        jobs = [(settings, training_set, eval_ds, m, seed, args.epochs) for m in args.models for seed in args.seeds]
+        results = []
+        with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+            for result in pool.imap(train_one, jobs):
+                print(
+                    f"{result['model']:<14} seed {result['seed']}: mean AUC "
+                    f"{np.nanmean(list(result['auc'].values())):.4f}, {result['samples_per_s']:,.0f} samples/s"
+                )
+                results.append(result)
+    text = table(results, oracle, cells)
+    machine = f"{platform.machine()}, {mp.cpu_count()} cores, torch CPU" if True else ""
+    summary = (
+        f"{BEGIN}\n## Model zoo (`bench/zoo.py`)\n"
+        f"`.venv/bin/python bench/zoo.py --impressions-per-day {args.impressions_per_day} --seeds "
+        f"{' '.join(map(str, args.seeds))} --epochs {args.epochs}` — {results[0]['train_rows']:,} training rows "
+        f"({settings.train_days} days), held-out day {eval_ds}; {machine}; measured {time.strftime('%Y-%m-%d')}.\n"
+        f"AUC per scenario/task cell (± half the range over seeds), oracle = AUC of the simulator's true "
+        f"probabilities.\n\n{text}\n{END}"
+    )
+    print(summary)
+    if args.record:
+        record(summary)
+
+
+if __name__ == "__main__":
+    main()
