@@ -8,9 +8,11 @@ from typing import Annotated
 
 import typer
 
+from msmt.importers.cli import import_app
 from msmt.settings import Settings
 
 app = typer.Typer(help="msmt: daily retraining of multi-scenario, multi-task ranking models.", no_args_is_help=True)
+app.add_typer(import_app, name="import", help="Turn public datasets (AliExpress, Ali-CCP) into msmt's raw logs.")
 
 Day = Annotated[str, typer.Option("--ds", help="run day YYYY-MM-DD (logs of this day have landed)")]
 

@@ -128,6 +128,8 @@ def import_aliexpress(
     """Import AliExpress CSVs into raw partitions for `days` days from `start`; returns the report."""
     layout = layout or AliExpressLayout()
     streams = discover(paths, scenario)
+    for path in (f for files in streams.values() for f in files):  # fail before touching the lake
+        _check_header(path, layout)
     writer = RawWriter(settings, start, days, device=device, scenarios=scenarios)
     for name, files in streams.items():
         sizes = [max(count_lines(f) - 1, 0) for f in files]  # minus the header
@@ -146,11 +148,6 @@ def _batches(
     path: Path, scenario: str, layout: AliExpressLayout, writer: RawWriter, offset: int, total: int
 ) -> Iterator[Batch]:
     """Stream one CSV as Batches; malformed rows go to `writer.reject`."""
-    with open(path, newline="", encoding="utf-8") as f:
-        header = [name.strip() for name in next(csv.reader(f), [])]
-    missing = [c for c in layout.columns if c not in header]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing} (found {header[:5]}…); see AliExpressLayout")
     where = f"{path.name}"
 
     def on_invalid(row) -> str:
@@ -206,6 +203,14 @@ def _batches(
             conversion=conversion,
             frac=(offset + index) / total,
         )
+
+
+def _check_header(path: Path, layout: AliExpressLayout) -> None:
+    with open(path, newline="", encoding="utf-8") as f:
+        header = [name.strip() for name in next(csv.reader(f), [])]
+    missing = [c for c in layout.columns if c not in header]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing} (found {header[:5]}…); see AliExpressLayout")
 
 
 def _is_in(values: pa.Array, allowed: tuple[str, ...]) -> np.ndarray:

@@ -184,6 +184,10 @@ def test_aliexpress_needs_a_country(settings, tmp_path):
         import_aliexpress(settings, [tmp_path / "data"], START, DAYS, progress=False)
     report = import_aliexpress(settings, [tmp_path / "data"], START, DAYS, scenario="xx", progress=False)
     assert report["msmt_scenarios"] == "xx"
+    (tmp_path / "data" / "train.csv").write_text("search_id,click\n1,0\n")
+    with pytest.raises(ValueError, match="missing columns"):  # checked before the lake is touched
+        import_aliexpress(settings, [tmp_path / "data"], START, DAYS, scenario="xx", progress=False)
+    assert len(_raw(settings, "impressions")) == report["totals"]["impressions"]
 
 
 # --- Ali-CCP -------------------------------------------------------------------------------------------

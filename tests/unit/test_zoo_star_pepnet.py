@@ -103,6 +103,15 @@ def test_pn_eval_uses_each_scenarios_running_statistics():
     assert torch.equal(norm.running_mean, buffers)  # eval never updates
 
 
+def test_pn_statistics_stay_float32_under_bf16_autocast():
+    norm = StarPartitionedNorm(3, n_scenarios=3, momentum=0.1, eps=1e-5).train()
+    x = torch.randn(10, 3) * 3 + 100  # a large mean: bf16 statistics would lose the rows' spread
+    reference = norm(x, SCEN)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x, SCEN)
+    assert out.dtype == torch.float32 and torch.allclose(out, reference, atol=1e-4)
+
+
 def test_star_train_mode_rows_of_one_scenario_ignore_other_scenarios_rows():
     """Whole model: rows interact only through PN, so PN per scenario keeps scenarios apart."""
     model = build_model("star", SPEC, emb_dim=4, star_dims=(8,), pn_hidden=True, specific_init_std=0.3).train()

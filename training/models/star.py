@@ -93,7 +93,8 @@ class StarConfig(ModelConfig):
 class StarPartitionedNorm(nn.Module):
     """Partitioned Normalization: BatchNorm with per-scenario statistics and (γ·γ_p, β+β_p).
 
-    Statistics and the affine map are computed in float32 (the buffers' dtype).
+    Statistics and the affine map are computed in float32 (the buffers' dtype), autocast off.
+    Under DDP each rank normalises with its own rows' statistics (as BatchNorm without SyncBatchNorm).
     """
 
     def __init__(self, dim: int, n_scenarios: int, momentum: float, eps: float) -> None:
@@ -108,7 +109,11 @@ class StarPartitionedNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
         """x `(B, D)`, scenario `(B,)` in 0..S-1 → normalised `(B, D)`."""
-        z = x.float()
+        with torch.autocast(x.device.type, enabled=False):  # statistics in float32 even under bf16 autocast
+            return self._normalise(x.float(), scenario).to(x.dtype)
+
+    def _normalise(self, z: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        """float32 z `(B, D)` → (γ ⊙ γ_p) ⊙ ẑ + (β + β_p) `(B, D)`; batch statistics in training."""
         if self.training:
             onehot = F.one_hot(scenario, self.n_scenarios).to(z.dtype)  # (B, S)
             counts = onehot.sum(0)  # (S,)
@@ -123,7 +128,7 @@ class StarPartitionedNorm(nn.Module):
         z_hat = centered * torch.rsqrt(var[scenario] + self.eps)  # (B, D)
         scale = self.gamma * self.scenario_gamma[scenario]  # (B, D)
         shift = self.beta + self.scenario_beta[scenario]  # (B, D)
-        return (scale * z_hat + shift).to(x.dtype)
+        return scale * z_hat + shift  # (B, D)
 
     @torch.no_grad()
     def _update_running(self, mean: torch.Tensor, var: torch.Tensor, counts: torch.Tensor) -> None:
