@@ -47,7 +47,8 @@ def split(spark, tmp_path_factory):
     table = read_samples(settings, list(DAYS))
     for view in schemas.FEATURES:  # no feature store here: every aggregate is "unknown"
         for column in schemas.feature_columns(view):
-            table = table.append_column(schemas.FEATURES[view].field(column), pa.nulls(table.num_rows))
+            field = schemas.FEATURES[view].field(column)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     spec = default_spec(len(settings.scenarios), settings.tasks)
     train, held_out = split_by_day(table, DAYS[-1])
     return settings, spec, encode(train, spec), encode(held_out, spec)

@@ -36,11 +36,11 @@ def test_output_shape_and_backward(name):
     model = build_model(name, SPEC, emb_dim=4)
     logits = model(batch())
     assert logits.shape == (4, len(SPEC.tasks))
-    logits.sum().backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
     extra = model.extra_losses(batch(), logits)
     assert all(value.dim() == 0 and torch.isfinite(value) for value in extra.values())
+    (logits.sum() + sum(extra.values())).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
 @pytest.mark.parametrize("name", model_names())

@@ -19,8 +19,10 @@ Batches and modes. A row is one (request, candidate). With `setwise=True` and a
 "group" key (B,) in the batch (rows with equal group were shown together), forward
 builds the [R, N] candidate layout itself (padded to the batch's largest request,
 padding masked everywhere), so candidates of a request see each other through the
-per-task cross-attention, and never see another request. `batching = "request"`
-asks the trainer for batches of whole requests. POINTWISE mode (`setwise=False`, or
+per-task cross-attention (and the anchors), and never see another request.
+`batching = "request"` asks the trainer for batches of whole requests; scores depend
+on the candidate set, so scoring must batch whole requests too (a request split
+across two batches is scored as two smaller requests). POINTWISE mode (`setwise=False`, or
 no "group" in the batch): every row is its own request of one candidate (N = 1),
 so a row's score depends on that row alone and the listwise loss is empty; this is
 the mode for data without requests, and it changes what the model computes (the
@@ -67,7 +69,8 @@ Resolutions (not paper text; each is a config flag or stated here):
   summed over tasks, times `listwise_weight` (λ_list = 1). λ_pt is the trainer's BCE
   weight (1).
 
-Deviations: candidate features enter as one token per candidate built from this
+Deviations: the tasks are spec.tasks (here click and conversion, not the paper's
+click / add-to-cart / order); candidate features enter as one token per candidate built from this
 project's fields; no query text (the scenario id stands for the search/feed context);
 the production size (up to 4,096 candidates per request) is only bounded by memory.
 """
