@@ -74,15 +74,14 @@ def _train_pod(settings):
         workers=gpus,
         checkpoint_dir="/tmp/msmt-checkpoints",
     )
-    command[command.index("--overrides") + 1] = (
-        '{% if params.epochs %}{"epochs": {{ params.epochs }}}{% else %}{}{% endif %}'
-    )
+    overrides = "{{ dict(params.overrides, **({'epochs': params.epochs} if params.epochs else {})) | tojson }}"
+    command[command.index("--overrides") + 1] = overrides
     env = {k: v for k, v in settings.to_env().items() if k != "MSMT_HOME"}  # the scheduler's home is not the pod's
     return KubernetesPodOperator(
         task_id="train_pod",
         name="msmt-train",
-        namespace=getattr(settings, "train_namespace", "msmt"),
-        image=getattr(settings, "train_image", "msmt-train:latest"),
+        namespace=settings.train_namespace,
+        image=settings.train_image,
         cmds=command[:1],
         arguments=command[1:],
         env_vars=env,
@@ -114,6 +113,9 @@ def _plan(plan: dict):
     params={
         "model": Param("mmoe", type="string", enum=model_names(), description="model of the zoo to train"),
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="override the model's epochs"),
+        "overrides": Param(
+            {}, type="object", description="trainer / model config fields over training/configs/<model>.json"
+        ),
         "promote": Param(True, type="boolean", description="move the champion alias on a passing gate"),
         "gpus": Param(
             1, type="integer", minimum=1, description="cluster profile: GPUs (= torchrun ranks) of the training pod"
@@ -177,7 +179,7 @@ def msmt_daily():
         from msmt import pipeline
 
         settings, params = _settings(), get_current_context()["params"]
-        overrides = {"epochs": params["epochs"]} if params.get("epochs") else None
+        overrides = {**params["overrides"], **({"epochs": params["epochs"]} if params.get("epochs") else {})}
         trained_dir = (
             pipeline.training_output(settings, plan["ds"], params["model"]) if settings.profile == "cluster" else None
         )

@@ -15,6 +15,16 @@ app = typer.Typer(help="msmt: daily retraining of multi-scenario, multi-task ran
 app.add_typer(import_app, name="import", help="Turn public datasets (AliExpress, Ali-CCP) into msmt's raw logs.")
 
 Day = Annotated[str, typer.Option("--ds", help="run day YYYY-MM-DD (logs of this day have landed)")]
+Assignments = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="trainer / model config field, e.g. --set lr=0.001 --set n_experts=8 (repeatable)"),
+]
+
+
+def _overrides(assignments: list[str] | None, epochs: int | None = None) -> dict:
+    from training.hparams import parse_assignments
+
+    return {**parse_assignments(assignments or []), **({"epochs": epochs} if epochs else {})}
 
 
 def _settings() -> Settings:
@@ -43,13 +53,15 @@ def run(
     ds: Day,
     model: Annotated[str, typer.Option(help="model of the zoo (msmt models)")] = "mmoe",
     promote: Annotated[bool, typer.Option(help="move the champion alias on a passing gate")] = True,
+    assignments: Assignments = None,
 ) -> None:
     """Run the real msmt_daily DAG for one day, in-process (Airflow's test runner)."""
     from msmt import orchestration
     from msmt.demo import gate_summary
 
     settings = _settings()
-    state = orchestration.run_daily(settings, ds, {"model": model, "promote": promote})
+    conf = {"model": model, "promote": promote, "overrides": _overrides(assignments)}
+    state = orchestration.run_daily(settings, ds, conf)
     typer.echo(gate_summary(settings, ds))
     if state != "success":
         raise typer.Exit(code=1)
@@ -80,6 +92,7 @@ def train(
     ds: Day,
     model: Annotated[str, typer.Option(help="model of the zoo (msmt models)")] = "mmoe",
     epochs: Annotated[int | None, typer.Option(help="override the number of epochs")] = None,
+    assignments: Assignments = None,
 ) -> None:
     """Train a challenger on the run's training set (built by `msmt run` or the DAG) and gate it."""
     from msmt import lake, pipeline
@@ -87,7 +100,7 @@ def train(
     settings = _settings()
     plan = pipeline.plan_day(settings, ds)
     training_set = lake.training_set(settings, plan.sample_ds)
-    trained = pipeline.train_model(settings, plan, training_set, model, {"epochs": epochs} if epochs else None)
+    trained = pipeline.train_model(settings, plan, training_set, model, _overrides(assignments, epochs))
     decision = pipeline.evaluate_model(settings, plan, training_set, trained["version"])
     verdict = "passed" if decision["passed"] else "failed"
     typer.echo(f"version {trained['version']} (run {trained['run_id']}): gate {verdict}")

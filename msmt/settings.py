@@ -58,6 +58,9 @@ class Settings:
     batch_size: int = 2048
     learning_rate: float = 2e-3
     seed: int = 0
+    train_workers: int = 1  # torchrun ranks of the local training step (gloo on CPU, nccl on GPU)
+    train_image: str = "msmt-train:latest"  # image of the cluster profile's GPU training pod
+    train_namespace: str = "msmt"  # Kubernetes namespace of that pod
 
     # gate
     gate_metric: str = "auc"

@@ -33,6 +33,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.models import infer_signature
 
 from msmt.settings import Settings
+from training import hparams
 from training.data import default_spec, encode, read_training_set, split_by_day
 from training.evaluate import cell_metrics
 from training.models import build_model
@@ -61,7 +62,8 @@ def train_model(
     already ran (the cluster's pod); None runs it here through torchrun.
     """
     model_name = model_name or settings.model_name
-    train_cfg, model_overrides = _split_overrides(settings, overrides or {})
+    hparams_version, overrides = hparams.resolve(model_name, overrides)
+    train_cfg, model_overrides = _split_overrides(settings, overrides)
     table = read_training_set(training_set_uri)
     train_table, eval_table = split_by_day(table, eval_ds)
     if train_table.num_rows == 0:
@@ -78,6 +80,7 @@ def train_model(
         mlflow.log_params(
             {
                 "model": model_name,
+                "hparams.version": hparams_version,  # training/configs/<model>.json
                 **{f"model.{k}": v for k, v in model_config.items()},
                 **{f"train.{k}": v for k, v in asdict(train_cfg).items()},
                 "train_days": ",".join(pc.unique(train_table.column("ds").cast(pa.string())).to_pylist()),
@@ -93,8 +96,8 @@ def train_model(
         with tempfile.TemporaryDirectory(prefix="msmt-train-") as scratch:
             out = trained_dir or scratch
             if trained_dir is None:
-                workers = getattr(settings, "train_workers", 1)
-                launch(settings, training_set_uri, eval_ds, model_name, out, overrides or {}, workers)
+                workers = settings.train_workers
+                launch(settings, training_set_uri, eval_ds, model_name, out, overrides, workers)
             fitted = read_metrics(out)
             model.load_state_dict(read_state_dict(out))
         for step, epoch_metrics in enumerate(fitted["history"]):

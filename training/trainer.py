@@ -98,6 +98,11 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc)
 
 
+def _by_request(model: nn.Module) -> bool:
+    """Set-wise models (`batching = "request"`) see whole requests in every batch."""
+    return getattr(model, "batching", "row") == "request"
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
 
@@ -150,7 +155,7 @@ def _valid_loss(model: nn.Module, data: TensorData, batch_size: int, bf16: bool 
     device = next(model.parameters()).device
     sums = torch.zeros(data.labels.shape[1], device=device)
     counts = torch.zeros_like(sums)
-    for batch in data.batches(batch_size, shuffle=False):
+    for batch in data.batches(batch_size, shuffle=False, by_request=_by_request(model)):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(batch).float()
@@ -182,7 +187,7 @@ def fit(
     _seed_everything(cfg.seed + ctx.rank)
     device = ctx.device(cfg.device) if ctx.active else resolve_device(cfg.device)
     tasks = list(getattr(getattr(model, "spec", None), "tasks", [f"task{t}" for t in range(train.labels.shape[1])]))
-    by_request = getattr(model, "batching", "row") == "request"
+    by_request = _by_request(model)
     local_batch = max(1, cfg.batch_size // ctx.world_size)
     bf16 = cfg.bf16 and device.type == "cuda"
     model.to(device)
@@ -325,13 +330,18 @@ def fit(
 
 @torch.inference_mode()
 def predict(model: nn.Module, data: TensorData, batch_size: int = 8192) -> np.ndarray:
-    """Probabilities `(N, T)` (float64) on the model's device, batch by batch."""
+    """Probabilities `(N, T)` (float64) in the rows' own order, batch by batch on the model's device.
+
+    Set-wise models are scored request by request (`batching = "request"`), which
+    reorders rows; the result is put back in the data's order.
+    """
     model.eval()
     device = next(model.parameters()).device
-    out = [
-        torch.sigmoid(model({k: v.to(device, non_blocking=True) for k, v in batch.items()})).double().cpu()
-        for batch in data.batches(batch_size, shuffle=False)
-    ]
+    plan = data.plan(batch_size, shuffle=False, by_request=_by_request(model))
+    out = [torch.sigmoid(model(batch)).double().cpu() for batch in data.iter_plan(plan, device=device)]
     if not out:
         return np.zeros((0, data.labels.shape[1]))
-    return torch.cat(out).numpy()
+    probs = torch.cat(out)  # (N, T) in plan order
+    if plan.order is not None:
+        probs = torch.empty_like(probs).index_copy_(0, plan.order, probs)
+    return probs.numpy()

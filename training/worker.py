@@ -6,7 +6,8 @@ Runs under torchrun, on one CPU or many GPUs alike:
         --training-set <uri> --eval-ds <day> --model mmoe --out <dir or s3://…> [--overrides '{"epochs": 3}']
 
 Settings come from the `MSMT_*` environment (`Settings.to_env()` of the parent);
-`--overrides` mixes TrainConfig and model-config fields as in training.train.
+`--overrides` mixes TrainConfig and model-config fields as in training.train; they
+go on top of the model's `training/configs/<model>.json` (training.hparams).
 Every rank reads the partition, keeps its own requests (`TensorData.shard`) of
 the training days and of the held-out day (the validation loss), and trains;
 rank 0 writes `<out>/model.pt` (the state dict, read back with
@@ -30,6 +31,8 @@ import sys
 import tempfile
 from dataclasses import asdict, fields, replace
 from pathlib import Path
+
+from training import hparams
 
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
@@ -149,7 +152,8 @@ def run(args: argparse.Namespace) -> dict | None:
     settings = Settings.from_env()
     ctx = distributed.init_from_env()
     try:
-        train_cfg, model_overrides = split_overrides(settings, json.loads(args.overrides))
+        _, overrides = hparams.resolve(args.model, json.loads(args.overrides))  # the model's file, then these
+        train_cfg, model_overrides = split_overrides(settings, overrides)
         checkpoint_dir = (
             args.checkpoint_dir
             or train_cfg.checkpoint_dir

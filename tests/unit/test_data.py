@@ -125,7 +125,7 @@ def test_batches_slice_everything_once(spec):
     data = encode(training_table(), spec)
     batches = list(data.batches(4, shuffle=True, generator=torch.Generator().manual_seed(0)))
     assert [len(b["sparse"]) for b in batches] == [4, 2]
-    assert set(batches[0]) == {"sparse", "dense", "seq", "scenario", "labels", "label_mask"}
+    assert set(batches[0]) == {"sparse", "dense", "seq", "scenario", "labels", "label_mask", "group"}
     seen = torch.cat([b["scenario"] for b in batches]).sort().values
     assert torch.equal(seen, data.scenario.sort().values)
     again = list(data.batches(4, shuffle=True, generator=torch.Generator().manual_seed(0)))
