@@ -35,10 +35,9 @@ from mlflow.models import infer_signature
 from msmt.settings import Settings
 from training import hparams
 from training.data import default_spec, encode, read_training_set, split_by_day
-from training.evaluate import cell_metrics
 from training.models import build_model
 from training.pyfunc import log_ranker
-from training.trainer import TrainConfig, predict
+from training.trainer import TrainConfig, score_cells
 from training.worker import launch, read_metrics, read_state_dict, split_overrides
 
 CELL_METRICS = ("auc", "logloss")
@@ -104,14 +103,7 @@ def train_model(
             mlflow.log_metrics(epoch_metrics, step=step)
         mlflow.set_tags({"msmt.device": fitted["device"], "msmt.train_workers": fitted["world_size"]})
 
-        cells = cell_metrics(
-            predict(model, eval_data),
-            eval_data.labels.numpy(),
-            eval_data.label_mask.numpy(),
-            eval_data.scenario.numpy(),
-            settings.scenarios,
-            settings.tasks,
-        )
+        cells = score_cells(model, eval_data, settings.scenarios, settings.tasks)
         metrics = {
             f"{name}.{c['scenario']}.{c['task']}": c[name]
             for c in cells

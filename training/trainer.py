@@ -345,3 +345,13 @@ def predict(model: nn.Module, data: TensorData, batch_size: int = 8192) -> np.nd
     if plan.order is not None:
         probs = torch.empty_like(probs).index_copy_(0, plan.order, probs)
     return probs.numpy()
+
+
+def score_cells(model: nn.Module, data: TensorData, scenario_names, tasks) -> list[dict]:
+    """Per scenario × task rows, positives, AUC and logloss of `model` on `data` (see evaluate.cell_metrics)."""
+    from training.evaluate import cell_metrics
+
+    probs = predict(model, data)
+    return cell_metrics(
+        probs, data.labels.numpy(), data.label_mask.numpy(), data.scenario.numpy(), scenario_names, tasks
+    )

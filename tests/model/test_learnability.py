@@ -18,9 +18,8 @@ from msmt.settings import Settings
 from msmt.simulate import SimConfig, simulate
 from spark_jobs import build_samples
 from training.data import default_spec, encode, split_by_day
-from training.evaluate import cell_metrics
 from training.models import REGISTRY, build_model
-from training.trainer import TrainConfig, fit, predict
+from training.trainer import TrainConfig, fit, score_cells
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -61,14 +60,7 @@ def test_model_learns_every_cell(split, name):
     torch.set_num_threads(1)
     model = build_model(name, spec)
     fit(model, train, None, TrainConfig(epochs=2, batch_size=512, lr=2e-3, seed=0))
-    cells = cell_metrics(
-        predict(model, held_out),
-        held_out.labels.numpy(),
-        held_out.label_mask.numpy(),
-        held_out.scenario.numpy(),
-        settings.scenarios,
-        settings.tasks,
-    )
+    cells = score_cells(model, held_out, settings.scenarios, settings.tasks)
     weak = [
         f"{c['scenario']}/{c['task']}: {c['auc']:.3f} ({c['positives']} pos)"
         for c in cells

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import SPEC, tiny_batch
 
-from training.data import FeatureSpec, synthetic
 from training.models import REGISTRY, build_model, model_names
-
-SPEC = FeatureSpec(
-    sparse_fields=["user_id", "item_id", "scenario_id"],
-    vocab_sizes=[50, 40, 4],
-    dense_fields=["u_ctr", "i_ctr"],
-    seq_len=5,
-    n_scenarios=3,
-    tasks=("click", "conversion"),
-)
 
 
 def batch(n: int = 4) -> dict[str, torch.Tensor]:
-    return next(synthetic(SPEC, n, seed=1).batches(n, shuffle=False))
+    return tiny_batch(n)
 
 
 def test_registry_lists_every_model():

@@ -21,15 +21,6 @@ SPEC = FeatureSpec(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on shared cores: intra-op threads only add spin-waiting (measured 2-7x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", ["mmoe", "shared_bottom"])
 def test_fit_learns_both_tasks(name):
     train, valid = synthetic(SPEC, 6000, seed=0), synthetic(SPEC, 2000, seed=1)

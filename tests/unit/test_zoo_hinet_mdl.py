@@ -5,29 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import SPEC
 
-from training.data import FeatureSpec, default_spec, synthetic
+from training.data import default_spec, synthetic
 from training.models import build_model
 from training.models.mdl import semantic_groups
 from training.trainer import masked_bce
 
-SPEC = FeatureSpec(
-    sparse_fields=["user_id", "item_id", "scenario_id"],
-    vocab_sizes=[50, 40, 4],
-    dense_fields=["u_ctr", "i_ctr"],
-    seq_len=5,
-    n_scenarios=3,
-    tasks=("click", "conversion"),
-)
 S, T = SPEC.n_scenarios, len(SPEC.tasks)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def batch(n: int = 12) -> dict[str, torch.Tensor]:

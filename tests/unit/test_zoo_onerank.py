@@ -24,14 +24,6 @@ SMALL = {"emb_dim": 4, "d_model": 16, "n_heads": 2, "n_anchors": 2}
 ATOL = 1e-5  # float reassociation only; a leak moves logits by orders of magnitude more
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model_with(seed: int = 0, **overrides) -> Onerank:
     torch.manual_seed(seed)
     return build_model("onerank", SPEC, **{**SMALL, **overrides}).eval()

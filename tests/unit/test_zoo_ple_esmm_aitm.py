@@ -5,31 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import SPEC
 
 from training.data import FeatureSpec, synthetic
 from training.models import build_model
 from training.models.esmm import esmm_ctcvr_logit
 from training.trainer import masked_bce
 
-SPEC = FeatureSpec(
-    sparse_fields=["user_id", "item_id", "scenario_id"],
-    vocab_sizes=[50, 40, 4],
-    dense_fields=["u_ctr", "i_ctr"],
-    seq_len=5,
-    n_scenarios=3,
-    tasks=("click", "conversion"),
-)
 CLICK, CONV = 0, 1
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on shared cores: intra-op threads only add spin-waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def batch(n: int = 8) -> dict[str, torch.Tensor]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import tiny_batch
 
-from training.data import FeatureSpec, synthetic
+from training.data import FeatureSpec
 from training.models import build_model
 from training.models.star import StarLinear, StarPartitionedNorm
 
@@ -20,17 +21,8 @@ SPEC = FeatureSpec(
 SCENARIO_COL = SPEC.sparse_fields.index("scenario_id")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def batch(n: int = 12, seed: int = 1) -> dict[str, torch.Tensor]:
-    return next(synthetic(SPEC, n, seed=seed).batches(n, shuffle=False))
+    return tiny_batch(n, seed, SPEC)
 
 
 def randomise_affine(norm: StarPartitionedNorm) -> None:

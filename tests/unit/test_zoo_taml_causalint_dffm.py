@@ -5,33 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import SPEC, tiny_batch
 
-from training.data import FeatureSpec, synthetic
+from training.data import FeatureSpec
 from training.models import build_model
 from training.models.causalint import causalint_orthogonality
 from training.models.taml import taml_distillation, taml_ensemble
 
-SPEC = FeatureSpec(
-    sparse_fields=["user_id", "item_id", "scenario_id"],
-    vocab_sizes=[50, 40, 4],
-    dense_fields=["u_ctr", "i_ctr"],
-    seq_len=5,
-    n_scenarios=3,
-    tasks=("click", "conversion"),
-)
-
-
-@pytest.fixture(autouse=True)
-def _small_and_seeded():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
 
 def batch(n: int = 8, seed: int = 1) -> dict[str, torch.Tensor]:
-    return next(synthetic(SPEC, n, seed=seed).batches(n, shuffle=False))
+    return tiny_batch(n, seed)
 
 
 # ----------------------------------------------------------------------------- TAML
