@@ -43,8 +43,16 @@ def feature_store(settings: Settings):
     from feast.repo_config import load_repo_config
 
     settings.ensure_dirs()
-    os.environ.update(feast_env(settings))
-    config = load_repo_config(FEATURE_REPO, FEATURE_REPO / "feature_store.yaml")
+    saved = {key: os.environ.get(key) for key in feast_env(settings)}
+    os.environ.update(feast_env(settings))  # feature_store.yaml expands them; restored right after
+    try:
+        config = load_repo_config(FEATURE_REPO, FEATURE_REPO / "feature_store.yaml")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return FeatureStore(repo_path=str(FEATURE_REPO), config=config)
 
 
