@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import platform
-import resource
 import statistics
 import tempfile
 import time
@@ -49,15 +48,22 @@ def prepare(settings: Settings, impressions_per_day: int) -> tuple[str, str, dic
     return training_set, plan.sample_ds, oracle
 
 
+def _own_peak_rss() -> int:
+    """This process's peak RSS in bytes (`VmHWM`; `ru_maxrss` would carry the spawning parent's over exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def train_one(args: tuple) -> dict:
     """One (model, seed): fit on the train days, score the held-out day (runs in its own process)."""
     settings, training_set, eval_ds, name, seed, epochs = args
     import torch
 
     from training.data import default_spec, encode, read_training_set, split_by_day
-    from training.evaluate import cell_metrics
     from training.models import build_model
-    from training.trainer import TrainConfig, fit, predict
+    from training.trainer import TrainConfig, fit, score_cells
 
     train_table, eval_table = split_by_day(read_training_set(training_set), eval_ds)
     spec = default_spec(len(settings.scenarios), settings.tasks)
@@ -65,19 +71,8 @@ def train_one(args: tuple) -> dict:
     torch.manual_seed(seed)
     model = build_model(name, spec)
     fitted = fit(model, train, None, TrainConfig(epochs=epochs, batch_size=2048, lr=2e-3, seed=seed))
-    cells = cell_metrics(
-        predict(model, held_out),
-        held_out.labels.numpy(),
-        held_out.label_mask.numpy(),
-        held_out.scenario.numpy(),
-        settings.scenarios,
-        settings.tasks,
-    )
-    peak = (
-        torch.cuda.max_memory_allocated()
-        if torch.cuda.is_available()
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )
+    cells = score_cells(model, held_out, settings.scenarios, settings.tasks)
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _own_peak_rss()
     return {
         "model": name,
         "seed": seed,
@@ -155,7 +150,7 @@ def main() -> None:
                 )
                 results.append(result)
     text = table(results, oracle, cells)
-    machine = f"{platform.machine()}, {mp.cpu_count()} cores, torch CPU" if True else ""
+    machine = f"{platform.machine()}, {mp.cpu_count()} cores, torch CPU"
     summary = (
         f"{BEGIN}\n## Model zoo (`bench/zoo.py`)\n"
         f"`.venv/bin/python bench/zoo.py --impressions-per-day {args.impressions_per_day} --seeds "
