@@ -21,7 +21,6 @@ import datetime as dt
 from msmt.settings import Settings
 
 RAW_TABLES = ("impressions", "clicks", "conversions")
-FEATURE_VIEWS = ("user_stats", "item_stats", "user_scenario_stats", "item_scenario_stats")
 
 
 def day(ds: str | dt.date) -> dt.date:

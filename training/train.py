@@ -37,7 +37,7 @@ from training import hparams
 from training.data import default_spec, encode, read_training_set, split_by_day
 from training.models import build_model
 from training.pyfunc import log_ranker
-from training.trainer import TrainConfig, score_cells
+from training.trainer import score_cells
 from training.worker import launch, read_metrics, read_state_dict, split_overrides
 
 CELL_METRICS = ("auc", "logloss")
@@ -62,7 +62,7 @@ def train_model(
     """
     model_name = model_name or settings.model_name
     hparams_version, overrides = hparams.resolve(model_name, overrides)
-    train_cfg, model_overrides = _split_overrides(settings, overrides)
+    train_cfg, model_overrides = split_overrides(settings, overrides)
     table = read_training_set(training_set_uri)
     train_table, eval_table = split_by_day(table, eval_ds)
     if train_table.num_rows == 0:
@@ -126,11 +126,6 @@ def train_model(
         "version": str(version.version),
         "metrics": metrics,
     }
-
-
-def _split_overrides(settings: Settings, overrides: dict) -> tuple[TrainConfig, dict]:
-    """Settings' optimiser defaults, then the `TrainConfig` overrides; the rest is model config."""
-    return split_overrides(settings, overrides)
 
 
 def partition_digest(uri: str) -> str:

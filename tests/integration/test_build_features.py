@@ -108,7 +108,7 @@ def test_smoothed_rates_match_hand_computation(spark, settings):
 def test_nothing_on_or_after_the_day_enters_its_features(spark, settings):
     write_history(settings)
     build_features.run(spark, settings, D)
-    before = {view: read_view(spark, settings, view).collect() for view in lake.FEATURE_VIEWS}
+    before = {view: read_view(spark, settings, view).collect() for view in schemas.FEATURES}
 
     # late labels of D-1's impressions and new traffic, all on or after D
     write_raw(settings, "impressions", D, [impression("f", at(D, 1), 1, 100, "homefeed")])
