@@ -1,72 +1,96 @@
-"""Training throughput: msmt's tensor data path vs the common per-row Dataset + DataLoader pattern.
+"""Training throughput: msmt's tensor data path vs the common per-row Dataset + DataLoader patterns.
 
-    python3 bench/train_throughput.py --rows 200000 --workers 1,2
+    python3 bench/train_throughput.py                      # MMoE, HiNet, MDL; 1 and 2 ranks
+    python3 bench/train_throughput.py --models mmoe --sparse-fields 16 --batch-size 8192   # the GPU target
 
-For each model (MMoE, and HiNet / MDL when their files exist) and each worker
-count, trains one epoch on `training.data.synthetic` rows twice: through
-`training.trainer.fit` (whole split as tensors, slices, fused optimizer, bf16 on
-CUDA) and through a per-row `Dataset` whose `__getitem__` returns one row's
-tensors, batched by `DataLoader` (`DistributedSampler` with 2 workers), same
-model, loss and optimizer. Each measurement runs in a fresh process (its peak
-RSS is its own); 2 workers are 2 gloo / NCCL ranks on one machine. Prints a
-markdown table (samples/s over all ranks, peak memory of the training process
-over its memory after imports, against 2× the split's compact size) and the
-machine. On CUDA it adds GPU utilisation (nvidia-smi's, when pynvml is there)
-and the msmt path without bf16. Imports torch, numpy and pyarrow only.
+For each model, rank count and precision (float32; bf16 too where the device
+runs it natively), trains `--max-steps` steps on `training.data.synthetic` rows
+three ways, with the same model, loss, fused Adam and autocast:
+
+- msmt: `training.trainer.fit` (the split as tensors, one gather per batch);
+- per-row tensors: a `Dataset` whose `__getitem__` returns one row of msmt's
+  stacked tensors, batched by `DataLoader` (the cheapest per-row variant);
+- per-row columns: torch-rechub's `TorchDataset` pattern, a dict of per-column
+  arrays whose `__getitem__` returns one row's values, collated by `DataLoader`
+  and stacked into the model's batch by the training loop.
+
+DataLoaders run in the training process (`num_workers=0`): the machine's cores
+are the training ranks'. 2 ranks are 2 gloo / NCCL processes (DDP,
+`DistributedSampler` for the per-row patterns). Each measurement runs in a fresh
+process; its peak memory is the peak RSS over the process after imports and a
+warm-up step (so it covers the split itself plus everything training adds), shown
+against the split's compact size. On CUDA it adds GPU utilisation and peak GPU
+memory. Imports torch, numpy and pyarrow only.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import gc
 import json
 import os
 import platform
-import resource
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from training import distributed  # noqa: E402
-from training.data import default_spec, synthetic  # noqa: E402
+from training.data import FeatureSpec, TensorData, default_spec, synthetic  # noqa: E402
 from training.models import REGISTRY, build_model  # noqa: E402
-from training.trainer import TrainConfig, fit, masked_bce, resolve_device  # noqa: E402
+from training.trainer import (  # noqa: E402
+    TrainConfig,
+    cpu_has_bf16,
+    fit,
+    make_optimizer,
+    masked_bce,
+    resolve_device,
+    use_bf16,
+)
 
 CANDIDATES = ("mmoe", "hinet", "mdl")
+PATHS = ("msmt", "rows", "columns")
 
 
-def _status_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
+def bench_spec(n_sparse: int) -> FeatureSpec:
+    """msmt's default spec, widened with hashed id fields to `n_sparse` sparse fields."""
+    spec = default_spec(4, ("click", "conversion"))
+    extra = [f"extra_{i}" for i in range(max(0, n_sparse - len(spec.sparse_fields)))]
+    return replace(spec, sparse_fields=spec.sparse_fields + extra, vocab_sizes=spec.vocab_sizes + [2**16] * len(extra))
 
 
-def _reset_peak() -> None:
-    """Linux: restart the peak-RSS counter (VmHWM), so data generation's temporaries do not count."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
+# --- memory ----------------------------------------------------------------------------------
 
 
-def _peak_mb() -> float:
-    peak = _status_mb("VmHWM")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-class RowDataset(torch.utils.data.Dataset):
-    """The usual pattern: one row's tensors per `__getitem__`, collated by the DataLoader."""
+def _settle() -> float:
+    """Collect garbage and restart the peak counter; RSS now (MB)."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    return _status_mb("VmRSS")
 
-    def __init__(self, data) -> None:
+
+# --- the per-row patterns --------------------------------------------------------------------
+
+
+class RowTensors(torch.utils.data.Dataset):
+    """One row of msmt's stacked tensors per `__getitem__`."""
+
+    def __init__(self, data: TensorData) -> None:
         self.data = data
 
     def __len__(self) -> int:
@@ -78,23 +102,77 @@ class RowDataset(torch.utils.data.Dataset):
                 "labels": d.labels[i], "label_mask": d.label_mask[i], "group": d.group[i]}  # fmt: skip
 
 
-def _rowwise(model, data, batch_size: int, device, max_steps: int, world: int) -> tuple[float, int]:
-    """Seconds and rows of at most `max_steps` steps of the per-row pattern (DDP when `world` > 1)."""
+class RowColumns(torch.utils.data.Dataset):
+    """torch-rechub's pattern: per-column arrays, one row's values per `__getitem__`."""
+
+    def __init__(self, data: TensorData) -> None:
+        self.columns = {f"sparse_{j}": np.ascontiguousarray(data.sparse[:, j].numpy())
+                        for j in range(data.sparse.shape[1])}  # fmt: skip
+        self.columns.update({f"dense_{j}": np.ascontiguousarray(data.dense[:, j].numpy())
+                             for j in range(data.dense.shape[1])})  # fmt: skip
+        for name in ("seq", "scenario", "labels", "label_mask", "group"):
+            self.columns[name] = getattr(data, name).numpy().copy()
+
+    def __len__(self) -> int:
+        return len(self.columns["group"])
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return {name: column[i] for name, column in self.columns.items()}
+
+
+def _stack_columns(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The training loop's side of the column pattern: per-field columns → the model's batch."""
+    sparse = [batch.pop(k) for k in sorted((k for k in batch if k.startswith("sparse_")), key=_column_index)]
+    dense = [batch.pop(k) for k in sorted((k for k in batch if k.startswith("dense_")), key=_column_index)]
+    return {"sparse": torch.stack(sparse, 1), "dense": torch.stack(dense, 1), **batch}
+
+
+def _column_index(name: str) -> int:
+    return int(name.rsplit("_", 1)[1])
+
+
+def _row_batches(dataset, cfg: TrainConfig, device, world: int, stack: bool):
+    """`cfg.max_steps` model-ready batches through a per-row `DataLoader` (sharded when `world` > 1)."""
+    sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True) if world > 1 else None
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size // world, shuffle=sampler is None,
+                                         sampler=sampler, pin_memory=device.type == "cuda")  # fmt: skip
+    for step, batch in enumerate(loader):
+        if step == cfg.max_steps:
+            return
+        batch = _stack_columns(batch) if stack else batch
+        yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _msmt_batches(data: TensorData, cfg: TrainConfig, device, world: int, stack: bool = False):
+    """The same batches through msmt's path (what `fit` iterates; `stack` is the column pattern's alone)."""
+    plan = data.plan(cfg.batch_size // world, shuffle=True)
+    return data.iter_plan(plan, 0, cfg.max_steps, device=device, pin_memory=True)
+
+
+def _loader_only(batches) -> tuple[float, int]:
+    """Seconds and rows of producing the batches alone, no model."""
+    rows, started = 0, time.perf_counter()
+    for batch in batches:
+        rows += len(batch["labels"])
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started, rows
+
+
+def _per_row(model, dataset, cfg: TrainConfig, device, world: int, stack: bool) -> tuple[float, int]:
+    """Seconds and rows of `cfg.max_steps` training steps through a per-row `DataLoader` (DDP when `world` > 1)."""
     net = model.to(device)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    sampler = torch.utils.data.DistributedSampler(RowDataset(data), shuffle=True) if world > 1 else None
-    loader = torch.utils.data.DataLoader(RowDataset(data), batch_size=batch_size, shuffle=sampler is None,
-                                         sampler=sampler, pin_memory=device.type == "cuda")  # fmt: skip
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, fused=device.type == "cuda")
+    optimizer = make_optimizer(model.parameters(), cfg)
+    bf16 = use_bf16(cfg, device)
     rows, started = 0, time.perf_counter()
-    for step, batch in enumerate(loader):
-        if step == max_steps:
-            break
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        total, _ = masked_bce(net(batch), batch["labels"], batch["label_mask"])
+    for batch in _row_batches(dataset, cfg, device, world, stack):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = net(batch)
+        total, _ = masked_bce(logits.float(), batch["labels"], batch["label_mask"])
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -111,37 +189,50 @@ def _gpu_utilisation() -> float | None:
         return None
 
 
+# --- one measurement per process -------------------------------------------------------------
+
+
 def child(args: argparse.Namespace) -> None:
     """One measurement in this process (rank `RANK` of `WORLD_SIZE`); rank 0 prints a JSON line."""
     torch.set_num_threads(args.threads)
     ctx = distributed.init_from_env()
-    base_mb = _status_mb("VmRSS") or _peak_mb()  # after imports, before the data
-    spec = default_spec(4, ("click", "conversion"))
+    device = ctx.device(args.device) if ctx.active else resolve_device(args.device)
+    spec = bench_spec(args.sparse_fields)
+    cfg = TrainConfig(epochs=1, max_steps=args.max_steps, batch_size=args.batch_size, device=str(device),
+                      bf16=args.bf16, bf16_cpu=args.bf16 and device.type == "cpu")  # fmt: skip
+    warm_up = synthetic(spec, 2 * args.batch_size, seed=1)  # first steps at these shapes pay one-off set-up
+    fit(build_model(args.model, spec), warm_up, None, replace(cfg, max_steps=2))
+    del warm_up
+    base_mb = _settle()
     full = synthetic(spec, args.rows, seed=0)
     compact_mb = full.nbytes() / 2**20
     data = full.shard(ctx.rank, ctx.world_size)
     del full
+    dataset = {"rows": RowTensors, "columns": RowColumns}.get(args.path, lambda d: d)(data)
+    if args.path == "columns":
+        del data  # the pattern holds its columns instead
     torch.manual_seed(0)
     model = build_model(args.model, spec)
-    device = ctx.device(args.device) if ctx.active else resolve_device(args.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    _reset_peak()
+    _settle()
     utilisation = None
     if args.path == "msmt":
-        cfg = TrainConfig(epochs=1, batch_size=args.batch_size, device=args.device, bf16=not args.no_bf16)
-        result = fit(model, data, None, cfg)
+        result = fit(model, dataset, None, cfg)
         utilisation = _gpu_utilisation() if device.type == "cuda" else None
         seconds, rows = result.seconds, result.history[-1]["samples_per_s"] * result.seconds / ctx.world_size
     else:
-        seconds, rows = _rowwise(
-            model, data, args.batch_size // ctx.world_size, device, args.max_row_steps, ctx.world_size
-        )
+        seconds, rows = _per_row(model, dataset, cfg, device, ctx.world_size, stack=args.path == "columns")
     rates = distributed.gather_objects(rows / seconds)
-    peaks = distributed.gather_objects(_peak_mb() - base_mb)  # data + everything training added
+    peaks = distributed.gather_objects(_status_mb("VmHWM") - base_mb)
+    make_batches = _msmt_batches if args.path == "msmt" else _row_batches
+    batches = make_batches(dataset, cfg, device, ctx.world_size, stack=args.path == "columns")
+    loader_seconds, loader_rows = _loader_only(batches)
+    loader_rates = distributed.gather_objects(loader_rows / loader_seconds)
     if ctx.is_main:
-        out = {"model": args.model, "path": args.path, "workers": ctx.world_size, "bf16": not args.no_bf16,
-               "samples_per_s": sum(rates), "peak_mb": max(peaks), "compact_mb": compact_mb,
+        out = {"model": args.model, "path": args.path, "workers": ctx.world_size, "bf16": args.bf16,
+               "samples_per_s": sum(rates), "loader_per_s": sum(loader_rates), "peak_mb": max(peaks),
+               "compact_mb": compact_mb / ctx.world_size,
                "gpu_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
                "gpu_util": utilisation}  # fmt: skip
         print("RESULT " + json.dumps(out), flush=True)
@@ -154,10 +245,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(args: argparse.Namespace, model: str, path: str, workers: int, no_bf16: bool = False) -> dict:
+def measure(args: argparse.Namespace, model: str, path: str, workers: int, bf16: bool) -> dict:
     argv = [__file__, "--child", "--model", model, "--path", path, "--rows", str(args.rows),
             "--batch-size", str(args.batch_size), "--device", args.device, "--threads", str(args.threads),
-            "--max-row-steps", str(args.max_row_steps)] + (["--no-bf16"] if no_bf16 else [])  # fmt: skip
+            "--max-steps", str(args.max_steps), "--sparse-fields", str(args.sparse_fields)]  # fmt: skip
+    argv += ["--bf16"] if bf16 else []
     if workers == 1:
         command = [sys.executable, *argv]
     else:
@@ -172,7 +264,7 @@ def measure(args: argparse.Namespace, model: str, path: str, workers: int, no_bf
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    cpu = torch.cpu.get_capabilities().get("cpu_name") or platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.node()}: {os.cpu_count()} logical CPUs ({cpu}), {gpu}, Python {platform.python_version()}, "
             f"torch {torch.__version__}")  # fmt: skip
@@ -180,44 +272,61 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the split (its memory)")
+    parser.add_argument("--max-steps", type=int, default=60, help="steps timed per measurement")
     parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--sparse-fields", type=int, default=9, help="9 = msmt's spec; more adds hashed id fields")
     parser.add_argument("--workers", default="1,2", help="comma-separated rank counts")
     parser.add_argument("--models", default=",".join(CANDIDATES), help="those with a file in training/models run")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per rank")
-    parser.add_argument("--max-row-steps", type=int, default=30, help="steps timed for the per-row pattern")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
-    parser.add_argument("--no-bf16", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
+    precisions = [False, True] if cuda or cpu_has_bf16() else [False]
     models = [m for m in args.models.split(",") if m in REGISTRY]
-    rows = []
+    results = []
     for model in models:
         for workers in [int(w) for w in args.workers.split(",")]:
-            fast, slow = measure(args, model, "msmt", workers), measure(args, model, "rowwise", workers)
-            fp32 = measure(args, model, "msmt", workers, no_bf16=True) if cuda else None
-            rows.append((fast, slow, fp32))
-            print(f"# {model} × {workers}: {fast['samples_per_s']:,.0f} vs {slow['samples_per_s']:,.0f} rows/s",
-                  file=sys.stderr, flush=True)  # fmt: skip
-    print(f"\n{args.rows:,} synthetic rows, batch {args.batch_size}, 1 epoch; {machine()}\n")
-    head = "| model | ranks | msmt rows/s | per-row rows/s | speed-up | peak MB msmt / per-row | 2× compact MB |"
-    print(head + (" GPU util % | GPU peak MB | bf16 speed-up |" if cuda else ""))
-    print("|" + "---|" * (head.count("|") - 1 + (3 if cuda else 0)))
-    for fast, slow, fp32 in rows:
-        speed_up = fast["samples_per_s"] / slow["samples_per_s"]
-        peaks = f"{fast['peak_mb']:.0f} / {slow['peak_mb']:.0f}"
-        line = (f"| {fast['model']} | {fast['workers']} | {fast['samples_per_s']:,.0f} | {slow['samples_per_s']:,.0f} "
-                f"| {speed_up:.1f}× | {peaks} | {2 * fast['compact_mb']:.0f} |")  # fmt: skip
-        if fp32 is not None:
-            util = "n/a" if fast["gpu_util"] is None else f"{fast['gpu_util']:.0f}"
-            line += f" {util} | {fast['gpu_peak_mb']:.0f} | {fast['samples_per_s'] / fp32['samples_per_s']:.2f}× |"
-        print(line)
+            for bf16 in precisions:
+                runs = {path: measure(args, model, path, workers, bf16) for path in PATHS}
+                results.append(runs)
+                rates = " vs ".join(f"{runs[p]['samples_per_s']:,.0f}" for p in PATHS)
+                print(f"# {model} × {workers} {_precision(bf16)}: {rates} rows/s", file=sys.stderr, flush=True)
+    print(f"\n{args.rows:,} synthetic rows, {args.sparse_fields} sparse fields × 16 dims, "
+          f"batch {args.batch_size}, {args.max_steps} steps timed; {machine()}\n")  # fmt: skip
+    print("\n".join(table(results, cuda)))
+
+
+def _precision(bf16: bool) -> str:
+    return "bf16" if bf16 else "fp32"
+
+
+def table(results: list[dict[str, dict]], cuda: bool) -> list[str]:
+    """Markdown lines: one row per model × ranks × precision, the three paths side by side."""
+    columns = ["model", "ranks", "precision", "msmt rows/s", "per-row tensors", "per-row columns",
+               "speed-up (tensors / columns)", "batches alone rows/s (msmt / tensors / columns)",
+               "peak MB (msmt / tensors / columns)", "compact MB per rank"]  # fmt: skip
+    columns += ["GPU util %", "GPU peak MB"] if cuda else []
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for runs in results:
+        fast, rows, cols = (runs[p] for p in PATHS)
+        cells = [fast["model"], fast["workers"], _precision(fast["bf16"])]
+        cells += [f"{runs[p]['samples_per_s']:,.0f}" for p in PATHS]
+        cells.append(" / ".join(f"{fast['samples_per_s'] / r['samples_per_s']:.1f}×" for r in (rows, cols)))
+        cells.append(" / ".join(f"{runs[p]['loader_per_s']:,.0f}" for p in PATHS))
+        cells.append(" / ".join(f"{runs[p]['peak_mb']:.0f}" for p in PATHS))
+        cells.append(f"{fast['compact_mb']:.0f}")
+        if cuda:
+            cells += ["n/a" if fast["gpu_util"] is None else f"{fast['gpu_util']:.0f}", f"{fast['gpu_peak_mb']:.0f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ before it and holds the sample day out for the gate.
 | `check_samples` | GX: label rates and volume per scenario | run stops (no retry) |
 | `publish_features` | Feast apply + materialise to the online store | retried |
 | `build_training_set` | Feast point-in-time join | retried |
-| `train_pod` | cluster profile only: torchrun on `gpus` GPUs in a pod → weights + metrics | retried (rewrites) |
+| `train_pod` | cluster profile only: torchrun on `gpus` GPUs in a pod → weights + metrics | retried (resumes) |
 | `train_model` | torchrun workers (local) or the pod's outputs (cluster) → MLflow run + version | not retried |
 | `evaluate_model` | champion vs challenger per scenario × task | retried |
 | `promote_model` | `champion` alias moves only on pass | not retried |
@@ -33,6 +33,8 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from msmt.catalog import model_names
+
+CHECKPOINT_MOUNT = "/checkpoints"  # where the training pod mounts its checkpoint claim
 
 
 def _settings():
@@ -57,7 +59,9 @@ def _train_pod(settings):
     """Cluster profile: the training worker in a GPU pod, the same torchrun command as a local run.
 
     Plan, training set and model come from XCom / params at run time; the pod writes to
-    `pipeline.training_output`, where `train_model` reads, logs and registers.
+    `pipeline.training_output`, where `train_model` reads, logs and registers. Checkpoints go
+    to the claim `MSMT_TRAIN_CHECKPOINT_CLAIM`, one directory per run, day and model, so a
+    retried pod resumes where the failed one stopped.
     """
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
@@ -66,13 +70,22 @@ def _train_pod(settings):
     from training.worker import worker_command
 
     gpus = "{{ params.gpus }}"
+    day = "{{ ti.xcom_pull(task_ids='plan_day')['ds'] }}"
+    claim = settings.train_checkpoint_claim
+    volumes, mounts = [], []
+    if claim:
+        source = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=claim)
+        volumes = [k8s.V1Volume(name="checkpoints", persistent_volume_claim=source)]
+        mounts = [k8s.V1VolumeMount(name="checkpoints", mount_path=CHECKPOINT_MOUNT)]
+    checkpoint_root = CHECKPOINT_MOUNT if claim else "/tmp"
+    checkpoints = f"{checkpoint_root}/msmt-checkpoints/{{{{ run_id }}}}/{day}/{{{{ params.model }}}}"
     command = worker_command(
         training_set="{{ ti.xcom_pull(task_ids='build_training_set') }}",
         eval_ds="{{ ti.xcom_pull(task_ids='plan_day')['sample_ds'] }}",
         model="{{ params.model }}",
-        out=training_output(settings, "{{ ti.xcom_pull(task_ids='plan_day')['ds'] }}", "{{ params.model }}"),
+        out=training_output(settings, day, "{{ params.model }}"),
         workers=gpus,
-        checkpoint_dir="/tmp/msmt-checkpoints",
+        checkpoint_dir=checkpoints,
     )
     overrides = "{{ dict(params.overrides, **({'epochs': params.epochs} if params.epochs else {})) | tojson }}"
     command[command.index("--overrides") + 1] = overrides
@@ -90,6 +103,8 @@ def _train_pod(settings):
             requests={"nvidia.com/gpu": gpus, "cpu": "8", "memory": "32Gi"},
             limits={"nvidia.com/gpu": gpus},
         ),
+        volumes=volumes,
+        volume_mounts=mounts,
         on_finish_action="delete_succeeded_pod",
         get_logs=True,
         doc_md="#### Train the challenger on GPUs (torchrun in a Kubernetes pod)",

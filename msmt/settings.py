@@ -61,6 +61,7 @@ class Settings:
     train_workers: int = 1  # torchrun ranks of the local training step (gloo on CPU, nccl on GPU)
     train_image: str = "msmt-train:latest"  # image of the cluster profile's GPU training pod
     train_namespace: str = "msmt"  # Kubernetes namespace of that pod
+    train_checkpoint_claim: str = "msmt-checkpoints"  # its PersistentVolumeClaim for checkpoints; "" = pod's /tmp
 
     # gate
     gate_metric: str = "auc"

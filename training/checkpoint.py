@@ -13,6 +13,7 @@ int64 tensor, Python's `random` state a tuple of ints.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
@@ -52,6 +53,20 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def discard(directory: str | os.PathLike | None) -> None:
+    """Remove a finished run's checkpoint (and its directory once empty).
+
+    Once the outputs are written the checkpoint is spent; kept, it would make a
+    re-run of the day on corrected data "resume" the finished training instead
+    of training again, and it would fill the training pod's volume day by day.
+    """
+    if not directory:
+        return
+    path_in(directory).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty, or already gone
+        Path(directory).rmdir()
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """From a training-set table to tensors the models eat, without a per-row Python path.
 
 `encode` turns a pyarrow table (SAMPLES columns + feature columns + `ds`) into a
-`TensorData` of dense tensors; `TensorData.batches` slices it, so an epoch on a
-GPU is one permutation plus views when the whole set sits on the device.
+`TensorData` of dense tensors; `TensorData.batches` gathers each batch where
+the split lives (on the GPU when it fits there): an epoch is one permutation
+plus one gather per batch, never a per-row Python call or a second copy of the split.
 
 Id encoding (id 0 is reserved everywhere for null / unknown / sequence padding):
 - `hashed_fields` and every string field: `1 + splitmix64(id) mod (vocab - 1)`;
@@ -202,23 +203,25 @@ class TensorData:
         device: torch.device | str | None = None,
         pin_memory: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches `start..stop-1` of `plan`. Data already on `device` is permuted once there and
-        sliced (views); otherwise each batch is gathered on the host, optionally pinned, and copied
-        with `non_blocking`, so the copy overlaps the host's work on the next batch."""
+        """Batches `start..stop-1` of `plan`, each gathered where the data lives (slices when unshuffled).
+
+        One gather per batch rather than one permuted copy of the whole split per
+        epoch: the same bytes move, but training never holds two copies of the
+        split. Data on another device than `device` is gathered on the host,
+        optionally pinned, and copied with `non_blocking`, so the copy overlaps the
+        host's work on the next batch."""
         stop = len(plan) if stop is None else min(stop, len(plan))
         device = self.device if device is None else torch.device(device)
         bounds = plan.bounds.tolist()
-        if device == self.device:
-            data = self if plan.order is None else self.select(plan.order)
-            tensors = {key: getattr(data, key) for key in _BATCH_KEYS}
-            for s in range(start, stop):
-                yield {key: t[bounds[s] : bounds[s + 1]] for key, t in tensors.items()}
-            return
+        order = None if plan.order is None else plan.order.to(self.device)
         tensors = {key: getattr(self, key) for key in _BATCH_KEYS}
-        pin = pin_memory and device.type == "cuda"
+        pin = pin_memory and device.type == "cuda" and device != self.device
         for s in range(start, stop):
-            rows = slice(bounds[s], bounds[s + 1]) if plan.order is None else plan.order[bounds[s] : bounds[s + 1]]
+            rows = slice(bounds[s], bounds[s + 1]) if order is None else order[bounds[s] : bounds[s + 1]]
             batch = {key: t[rows] for key, t in tensors.items()}
+            if device == self.device:
+                yield batch
+                continue
             if pin:
                 batch = {key: t.pin_memory() for key, t in batch.items()}
             yield {key: t.to(device, non_blocking=pin) for key, t in batch.items()}

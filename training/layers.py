@@ -70,17 +70,27 @@ class ParallelMLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x `(B, d_in)` or `(B, n, d_in)` → `(B, n, d_out)`."""
+        """x `(B, d_in)` or `(B, n, d_in)` → `(B, n, d_out)` (a transposed view of `(n, B, d_out)`).
+
+        A shared input is one GEMM against all n networks' weights side by side;
+        after that the activations stay network-major `(n, B, d)`, the layout
+        `baddbmm` wants, so no layer pays a permuting copy.
+        """
         if x.shape[-1] != self.dims[0] or (x.dim() == 3 and x.shape[1] != self.n):
             expected = f"(B, {self.dims[0]}) or (B, {self.n}, {self.dims[0]})"
             raise ValueError(f"ParallelMLP expects {expected}, got {tuple(x.shape)}")
         last = len(self.weights) - 1
+        h = x if x.dim() == 2 else x.transpose(0, 1)  # (B, d_in) shared, or (n, B, d_in)
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            equation = "bi,nio->bno" if x.dim() == 2 else "bni,nio->bno"  # shared or per-network input
-            x = torch.einsum(equation, x, w) + b  # (B, n, d_out)
+            n, d_in, d_out = w.shape
+            if h.dim() == 2:
+                side_by_side = w.transpose(0, 1).reshape(d_in, n * d_out)  # (d_in, n*d_out)
+                h = torch.addmm(b.reshape(-1), h, side_by_side).view(-1, n, d_out).transpose(0, 1)  # (n, B, d_out)
+            else:
+                h = torch.baddbmm(b.unsqueeze(1), h, w)  # (n, B, d_out)
             if self.activate_last or i < last:
-                x = self.dropout(self.activation(x))
-        return x
+                h = self.dropout(self.activation(h))
+        return h.transpose(0, 1)  # (B, n, d_out)
 
 
 class FeatureEmbedding(nn.Module):

@@ -1,10 +1,11 @@
 """Fit and score any zoo model on `TensorData`, on the GPU when there is one, on one or many ranks.
 
-What bounds a small MSMT model on a GPU is per-step host work, so the epoch's
+What bounds a small MSMT model on a GPU is per-step host work, so the split's
 tensors move to the device once when they fit (else batches are gathered on the
-host, pinned and copied asynchronously), batches are slices there, the optimizer
-is fused, the forward runs under bf16 autocast, `compile` hands the model to
-`torch.compile`, and the loss is read back only every `log_every` steps.
+host, pinned and copied asynchronously), each batch is one gather there, the
+optimizer is fused (on the CPU too), the forward runs under bf16 autocast (on
+the CPU only with `bf16_cpu`, where the CPU has native bf16), `compile` hands
+the model to `torch.compile`, and the loss is read back only every `log_every` steps.
 
 Under torchrun (see training.distributed) the model is wrapped in
 DistributedDataParallel, every rank trains on its own shard (`TensorData.shard`)
@@ -44,13 +45,15 @@ SCHEDULES = ("constant", "cosine")
 @dataclass
 class TrainConfig:
     epochs: int = 2
+    max_steps: int = 0  # stop after this many optimizer steps in all (0 = run every epoch to its end)
     batch_size: int = 2048  # rows per step over all ranks (each rank takes batch_size / world_size)
     lr: float = 2e-3
     weight_decay: float = 0.0
     seed: int = 0
     device: str = "auto"  # "auto" → cuda when available, else cpu
     log_every: int = 50  # steps between loss read-backs (each one syncs the device)
-    bf16: bool = True  # bfloat16 autocast of the forward on CUDA (the CPU always runs float32)
+    bf16: bool = True  # bfloat16 autocast of the forward on CUDA
+    bf16_cpu: bool = False  # … and on the CPU (needs native bf16: AVX512-BF16 or AMX; else an error)
     compile: bool = False  # torch.compile the model (its first steps pay the compilation)
     schedule: str = "constant"  # LR after warmup: "constant" or "cosine" (down to min_lr_ratio × lr at the end)
     warmup_steps: int = 0  # linear warmup from lr / warmup_steps to lr
@@ -58,7 +61,7 @@ class TrainConfig:
     patience: int = 0  # epochs without a lower validation loss before stopping; 0 = never stop early
     restore_best: bool = True  # with patience: end on the weights of the best validation epoch
     pin_memory: bool = True  # pinned host batches when the split stays on the host (CUDA only)
-    device_budget: float = 0.5  # keep the split on the GPU when 2 copies take at most this share of free memory
+    device_budget: float = 0.5  # keep the split on the GPU when it takes at most this share of free memory
     checkpoint_dir: str = ""  # "" = no checkpoints
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at epoch ends
     resume: bool = True  # continue from checkpoint_dir's last checkpoint when there is one
@@ -69,8 +72,8 @@ class TrainConfig:
             raise ValueError(f"need epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.warmup_steps < 0 or self.patience < 0 or self.checkpoint_every < 0:
-            raise ValueError("warmup_steps, patience and checkpoint_every must be >= 0")
+        if min(self.max_steps, self.warmup_steps, self.patience, self.checkpoint_every) < 0:
+            raise ValueError("max_steps, warmup_steps, patience and checkpoint_every must be >= 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
@@ -139,12 +142,32 @@ def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (else autocast emulates it, slower than float32)."""
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the forward runs under bf16 autocast on `device` (see `TrainConfig.bf16` / `bf16_cpu`)."""
+    if device.type == "cuda":
+        return cfg.bf16
+    if cfg.bf16_cpu and not cpu_has_bf16():
+        raise ValueError("bf16_cpu needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has neither")
+    return cfg.bf16_cpu
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam with the fused kernel (CUDA and CPU): one pass over each parameter's state per step."""
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
 def _place(data: TensorData, device: torch.device, cfg: TrainConfig) -> TensorData:
-    """The whole split on the device when two copies (data + one epoch's permutation) fit the budget."""
+    """The whole split on the device when it fits the budget (batches are gathered from it there)."""
     if device.type != "cuda":
         return data.to(device)
     free, _ = torch.cuda.mem_get_info(device)
-    if 2 * data.nbytes() <= cfg.device_budget * free:
+    if data.nbytes() <= cfg.device_budget * free:
         return data.to(device)
     return data.pin_memory() if cfg.pin_memory else data
 
@@ -189,7 +212,7 @@ def fit(
     tasks = list(getattr(getattr(model, "spec", None), "tasks", [f"task{t}" for t in range(train.labels.shape[1])]))
     by_request = _by_request(model)
     local_batch = max(1, cfg.batch_size // ctx.world_size)
-    bf16 = cfg.bf16 and device.type == "cuda"
+    bf16 = use_bf16(cfg, device)
     model.to(device)
     train = _place(train, device, cfg)
     net: nn.Module = model
@@ -203,10 +226,10 @@ def fit(
         )
     if cfg.compile:
         net = torch.compile(net)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
-    )
+    optimizer = make_optimizer(model.parameters(), cfg)
     total_steps = cfg.epochs * -(-len(train) // local_batch)  # the schedule's horizon (rows / batch)
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg))
     result = FitResult(device=str(device), world_size=ctx.world_size)
     state = {"epoch": 0, "step": 0, "sums": {}, "rows": 0, "best": math.inf, "bad_epochs": 0, "best_state": None}
@@ -255,6 +278,10 @@ def fit(
                           by_request=by_request)  # fmt: skip
         n_steps = distributed.min_int(len(plan), device)
         first = state["step"] if epoch == state["epoch"] else 0
+        if cfg.max_steps:  # steps left = the limit minus the steps taken before this epoch
+            n_steps = min(n_steps, cfg.max_steps - (scheduler.last_epoch - first))
+            if n_steps <= 0:
+                break
         same_order = not first or saved is None or not ctx.is_main or ckpt["order"] is None
         if not (same_order or torch.equal(ckpt["order"], plan.order)):
             raise ValueError(f"{saved} was written for other training data (the epoch's order differs)")

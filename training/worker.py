@@ -13,8 +13,8 @@ the training days and of the held-out day (the validation loss), and trains;
 rank 0 writes `<out>/model.pt` (the state dict, read back with
 `weights_only=True`) and `<out>/metrics.json` (per-epoch history, device,
 world size, throughput, configs). Checkpoints go to `--checkpoint-dir`
-(default `<out>/checkpoints` for a local `--out`), and a restarted worker
-resumes from the last one. MLflow is not used here: the parent logs.
+(default `<out>/checkpoints` for a local `--out`), a restarted worker
+resumes from the last one, and a finished run removes it. MLflow is not used here: the parent logs.
 
 Module level imports the standard library only, so the DAG can build the
 command (`worker_command`) without importing torch.
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> dict | None:
     import torch
 
     from msmt.settings import Settings
-    from training import distributed
+    from training import checkpoint, distributed
     from training.data import default_spec, encode, read_training_set, split_by_day
     from training.models import build_model
     from training.trainer import fit
@@ -184,6 +184,7 @@ def run(args: argparse.Namespace) -> dict | None:
             **asdict(result),
         }
         _write(args.out, METRICS_FILE, json.dumps(metrics, indent=1, default=str).encode())
+        checkpoint.discard(checkpoint_dir)
         return metrics
     finally:
         distributed.barrier()

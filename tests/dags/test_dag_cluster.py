@@ -35,7 +35,8 @@ def test_training_pod_requests_gpus_and_runs_the_worker(cluster_dag):
     assert pod.env_vars["MSMT_PROFILE"] == "cluster" and "MSMT_HOME" not in pod.env_vars
 
     params = {"gpus": 4, "model": "mmoe", "epochs": 3, "promote": True, "overrides": {"n_experts": 8}}
-    pod.render_template_fields({"params": params, "ti": _TI()})
+    run_id = "scheduled__2026-01-10T00:00:00+00:00"
+    pod.render_template_fields({"params": params, "ti": _TI(), "run_id": run_id})
     assert pod.container_resources.limits == {"nvidia.com/gpu": "4"}
     assert pod.container_resources.requests["nvidia.com/gpu"] == "4"
     command = [*pod.cmds, *pod.arguments]
@@ -45,8 +46,28 @@ def test_training_pod_requests_gpus_and_runs_the_worker(cluster_dag):
     assert args["--training-set"] == "s3://lake/ts" and args["--eval-ds"] == "2026-01-08"
     assert args["--model"] == "mmoe" and args["--out"] == "s3://lake/msmt/training_runs/ds=2026-01-10/mmoe"
     assert json.loads(args["--overrides"]) == {"epochs": 3, "n_experts": 8}
+    checkpoint_dir = command[command.index("--checkpoint-dir") + 1]
+    assert checkpoint_dir == f"/checkpoints/msmt-checkpoints/{run_id}/2026-01-10/mmoe"  # same on a retry
+
+
+def test_training_pod_keeps_checkpoints_on_its_claim(cluster_dag):
+    pod = cluster_dag.get_task("train_pod")
+    (volume,) = pod.volumes
+    (mount,) = pod.volume_mounts
+    assert volume.persistent_volume_claim.claim_name == "msmt-checkpoints"
+    assert mount.name == volume.name and mount.mount_path == "/checkpoints"
 
 
 def test_the_gpu_count_is_a_dag_param(cluster_dag):
     schema = cluster_dag.params.get_param("gpus").schema
     assert schema["type"] == "integer" and schema["minimum"] == 1
+
+
+def test_the_claim_the_pod_mounts_is_the_one_infra_creates(cluster_dag):
+    import yaml
+
+    manifest = yaml.safe_load((PROJECT_ROOT / "infra" / "k8s" / "checkpoints-pvc.yaml").read_text())
+    pod = cluster_dag.get_task("train_pod")
+    assert manifest["kind"] == "PersistentVolumeClaim"
+    assert manifest["metadata"]["name"] == pod.volumes[0].persistent_volume_claim.claim_name
+    assert manifest["metadata"]["namespace"] == pod.namespace

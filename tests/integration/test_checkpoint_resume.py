@@ -67,6 +67,7 @@ def test_killed_worker_resumes_from_its_last_checkpoint(job, tmp_path, monkeypat
     assert proc.returncode == -signal.SIGKILL and not (out / "metrics.json").exists()
 
     subprocess.run(_command(uri, out), env=env, cwd=PROJECT_ROOT, check=True, capture_output=True)
+    assert not ckpt.exists()  # spent: a re-run of the day on corrected data must train again
     resumed, expected = read_metrics(str(out)), read_metrics(str(reference))
     assert resumed["resumed_from"]["epoch"] == killed_at[0] and resumed["resumed_from"]["step"] >= killed_at[1]
     assert len(resumed["history"]) == len(expected["history"]) == 2

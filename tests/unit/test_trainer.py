@@ -162,6 +162,41 @@ def test_fit_follows_the_schedule():
     assert result.history[-1]["lr"] == pytest.approx(2e-3)
 
 
+def _count_training_forwards(model: torch.nn.Module, seen: list) -> None:
+    """Append autocast's state on the CPU at every forward in training mode."""
+    model.register_forward_pre_hook(lambda m, _: seen.append(torch.is_autocast_enabled("cpu")) if m.training else None)
+
+
+def test_max_steps_ends_training_across_epochs_and_shortens_the_schedule():
+    model = build_model("mmoe", SPEC, emb_dim=4)
+    forwards: list[bool] = []
+    _count_training_forwards(model, forwards)
+    cfg = TrainConfig(epochs=3, batch_size=100, max_steps=6, schedule="cosine", device="cpu")
+    result = fit(model, synthetic(SPEC, 400), None, cfg)  # 4 steps per epoch: 4 + 2, third epoch not run
+    assert len(forwards) == 6 and len(result.history) == 2
+    assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine ends at step 6, not 12
+    with pytest.raises(ValueError, match="max_steps"):
+        TrainConfig(max_steps=-1)
+
+
+def test_bf16_on_the_cpu_only_when_asked_and_only_where_it_is_native():
+    data = synthetic(SPEC, 200)
+    model = build_model("mmoe", SPEC, emb_dim=4)
+    forwards: list[bool] = []
+    _count_training_forwards(model, forwards)
+    fit(model, data, None, TrainConfig(epochs=1, batch_size=100, device="cpu"))  # bf16=True is for CUDA
+    assert forwards == [False, False]
+    forwards.clear()
+    asked = TrainConfig(epochs=1, batch_size=100, device="cpu", bf16_cpu=True)
+    if trainer.cpu_has_bf16():
+        result = fit(model, data, None, asked)
+        assert forwards == [True, True] and result.history[0]["train_loss"] > 0
+    else:
+        with pytest.raises(ValueError, match="native bf16"):
+            fit(model, data, None, asked)
+        assert forwards == []
+
+
 def test_early_stopping_restores_the_best_epoch(monkeypatch):
     """A scripted validation loss: best at epoch 1, then two worse epochs → stop after epoch 3."""
     scripted = iter([[0.5, 0.5], [0.4, 0.3], [0.45, 0.3], [0.4, 0.31], [0.1, 0.1]])
@@ -248,3 +283,15 @@ def test_checkpoints_are_atomic_and_weights_only(tmp_path, monkeypatch):
     torch.save({"evil": _Crash("not a tensor")}, path)
     with pytest.raises(Exception, match=r"weights_only|Unsupported global"):
         checkpoint.load(path)
+
+
+def test_a_spent_checkpoint_is_discarded_with_its_empty_directory(tmp_path):
+    alone, shared = tmp_path / "alone", tmp_path / "shared"
+    for directory in (alone, shared):
+        checkpoint.save(checkpoint.path_in(directory), {"step": 1})
+    (shared / "notes.txt").write_text("not ours")
+    checkpoint.discard(alone)
+    checkpoint.discard(shared)
+    checkpoint.discard(None)  # no checkpoint directory configured: nothing to do
+    assert not alone.exists() and checkpoint.latest(shared) is None
+    assert [p.name for p in shared.iterdir()] == ["notes.txt"]
