@@ -225,6 +225,9 @@ def fit(
             find_unused_parameters=cfg.find_unused_parameters,
         )
     if cfg.compile:
+        blocker = model.compile_blocker() if hasattr(model, "compile_blocker") else None
+        if blocker:
+            raise ValueError(f"compile: {blocker}")
         net = torch.compile(net)
     optimizer = make_optimizer(model.parameters(), cfg)
     total_steps = cfg.epochs * -(-len(train) // local_batch)  # the schedule's horizon (rows / batch)

@@ -295,3 +295,11 @@ def test_a_spent_checkpoint_is_discarded_with_its_empty_directory(tmp_path):
     checkpoint.discard(None)  # no checkpoint directory configured: nothing to do
     assert not alone.exists() and checkpoint.latest(shared) is None
     assert [p.name for p in shared.iterdir()] == ["notes.txt"]
+
+
+def test_compile_is_refused_with_the_models_reason():
+    model = build_model("causalint", SPEC, emb_dim=4)
+    with pytest.raises(ValueError, match="double backward"):
+        fit(model, synthetic(SPEC, 64), None, TrainConfig(epochs=1, batch_size=32, compile=True, device="cpu"))
+    assert build_model("causalint", SPEC, emb_dim=4, grad_orth_weight=0.0).compile_blocker() is None
+    assert build_model("mmoe", SPEC, emb_dim=4).compile_blocker() is None

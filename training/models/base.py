@@ -7,7 +7,9 @@ Contract (see DESIGN.md "Model contract"):
 - `extra_losses(batch, logits) -> {name: scalar}`: losses the model needs beyond
   the trainer's masked per-task BCE (regularisers, distillation, listwise terms).
   The trainer adds every value to the BCE total and logs each by name; the
-  default is none. Keep task weighting and sampling in the trainer.
+  default is none. Keep task weighting and sampling in the trainer;
+- `compile_blocker() -> str | None`: why the configuration cannot run under
+  `torch.compile` (the trainer refuses `compile` with that reason), None by default.
 """
 
 from __future__ import annotations
@@ -50,3 +52,7 @@ class MsmtModel(nn.Module):
     def extra_losses(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named scalar losses added to the trainer's BCE; none by default."""
         return {}
+
+    def compile_blocker(self) -> str | None:
+        """Why this configuration cannot train under `torch.compile`, or None (the default) when it can."""
+        return None

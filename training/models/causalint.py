@@ -194,6 +194,12 @@ class CausalInt(MsmtModel):
         cos2 = (g @ g.T).square()  # (S', S')
         return cos2.triu(diagonal=1).sum()
 
+    def compile_blocker(self) -> str | None:
+        if self.config.grad_orth_weight > 0:
+            return ("grad_orth_weight > 0 takes a double backward (create_graph=True), which torch.compile "
+                    "does not support; set grad_orth_weight=0 or compile=false")  # fmt: skip
+        return None
+
     def extra_losses(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"adversarial", "scenario_cls", "orthogonality", "grad_orthogonality"}, each already weighted.
 
