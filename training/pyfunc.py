@@ -1,9 +1,10 @@
 """The registered model's serving form: an MLflow pyfunc wrapping any zoo model.
 
 A logged ranker holds two artifacts, the `state_dict` (read back with
-`weights_only=True`, so loading a model never unpickles arbitrary objects) and
-`ranker.json` (model name, model config, `FeatureSpec`), plus a copy of the
-`training` and `msmt` packages (`code_paths`), so it loads outside this repo.
+`weights_only=True`) and `ranker.json` (model name, model config, `FeatureSpec`),
+a copy of the `training` and `msmt` packages (`code_paths`), so it loads outside
+this repo, and is logged as code (`training/ranker_model.py`, MLflow's "models
+from code"): loading a ranker never unpickles anything.
 It is the only module of `training/` that imports MLflow at module level;
 models and the trainer stay MLflow-free for the GPU machine.
 
@@ -36,6 +37,7 @@ from training.trainer import predict
 
 _PACKAGES = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "msmt")]
 _REQUIREMENTS = ("torch", "numpy", "pandas", "pyarrow")
+_MODEL_CODE = Path(__file__).resolve().with_name("ranker_model.py")  # defines the pyfunc: models from code
 
 
 def input_columns(spec: FeatureSpec) -> list[str]:
@@ -104,7 +106,7 @@ def log_ranker(
         meta_path.write_text(json.dumps({"model_name": model_name, "config": config, "spec": spec.to_dict()}))
         return mlflow.pyfunc.log_model(
             name="model",
-            python_model=MsmtRanker(),
+            python_model=str(_MODEL_CODE),
             artifacts={"state_dict": str(state_path), "ranker": str(meta_path)},
             code_paths=_PACKAGES,
             signature=signature,

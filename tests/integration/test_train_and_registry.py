@@ -118,6 +118,8 @@ def test_train_model_logs_a_registered_challenger(env):
 
     pyfunc = mlflow.pyfunc.load_model(result["model_uri"])
     assert "hist_item_ids" in pyfunc.metadata.get_input_schema().input_names()
+    flavor = pyfunc.metadata.flavors["python_function"]  # logged as code: nothing to unpickle on load
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in flavor
     rows = pq.read_table(uri).slice(0, 64).to_pandas()  # extra columns (labels, timestamps) are ignored
     rows.loc[0, "u_ctr"] = None  # a feature never computed for a new user
     predictions = pyfunc.predict(rows)
