@@ -169,7 +169,8 @@ class _Run:
             uri,
         )
         if failed:
-            raise DataCheckError(f"check_{self.suite} ds={self.ds} failed:\n  " + "\n  ".join(failed))
+            notes = "".join(f"\n  note: {note}" for note in self.notes)
+            raise DataCheckError(f"check_{self.suite} ds={self.ds} failed:\n  " + "\n  ".join(failed) + notes)
         return result
 
 
@@ -182,6 +183,12 @@ def _describe(outcome: dict) -> str:
     if seen is None and "unexpected_percent" in result:
         seen = f"{result['unexpected_percent']:.2f}% unexpected, e.g. {result.get('partial_unexpected_list', [])[:5]}"
     return f"{outcome['batch']}: {outcome['expectation']}({target}) -> {seen}"
+
+
+TYPE_HINT = (
+    " (the contract is msmt/schemas.py; pandas writes ns timestamps and int64 / float64 numbers:"
+    " pyarrow's `table.cast(contract)` before writing converts what converts losslessly)"
+)
 
 
 def _schema_expectations(gxe, expected: pa.Schema) -> tuple[list, list]:
@@ -206,6 +213,10 @@ def _validate_table(
     """Schema expectations, then `value_expectations(intact columns)` on the columns that passed them."""
     gxe = run.gx.expectations
     table, observed = loaded
+    differs = [f"{f.name} is {observed[f.name]}, not {_type_name(f.type)}" for f in expected
+               if f.name in observed and observed[f.name] != _type_name(f.type)]  # fmt: skip
+    if differs:
+        run.notes.append(f"{name}: " + "; ".join(differs) + TYPE_HINT)
     on_data, on_schema = _schema_expectations(gxe, expected)
     frame = table.to_pandas()
     run.validate(f"{name}_schema", pd.DataFrame({"column_type": [f"{c}: {t}" for c, t in observed.items()]}), on_schema)

@@ -91,8 +91,9 @@ def test_check_raw_fails_readably_on_a_schema_broken_file(settings):
         check_raw(settings, DS)
 
     assert "missing" in str(failure.value) and "hist_item_ids" in str(failure.value)
+    assert "impressions: user_id is string, not int64" in str(failure.value)  # the contract's type, named
     result = stored(settings, "raw", DS)
-    assert not result["success"] and "no trailing day found" in result["notes"][0]
+    assert not result["success"] and any("no trailing day found" in note for note in result["notes"])
 
 
 def test_check_raw_fails_on_a_volume_collapse_in_one_scenario(settings):
