@@ -341,14 +341,51 @@ def encode(table: pa.Table, spec: FeatureSpec) -> TensorData:
     )
 
 
-def read_training_set(path_or_uri: str) -> pa.Table:
-    """Read a parquet training set (local path or URI); hive directory keys become columns
-    unless the files already hold a column of that name (the files' `ds` wins over `ds=…/`)."""
+def read_training_set(
+    path_or_uri: str, where: pc.Expression | None = None, columns: list[str] | None = None
+) -> pa.Table:
+    """Read a parquet training set (local path or URI), optionally only the rows `where` holds and
+    some `columns` (both pushed down to the files); hive directory keys become columns unless the
+    files already hold a column of that name (the files' `ds` wins over `ds=…/`)."""
     file_columns = set(pads.dataset(path_or_uri, format="parquet").schema.names)
     hive = pads.dataset(path_or_uri, format="parquet", partitioning="hive")
     keys = [f for f in hive.partitioning.schema if f.name not in file_columns] if hive.partitioning else []
     partitioning = pads.partitioning(pa.schema(keys), flavor="hive")
-    return pads.dataset(path_or_uri, format="parquet", partitioning=partitioning).to_table()
+    return pads.dataset(path_or_uri, format="parquet", partitioning=partitioning).to_table(columns, filter=where)
+
+
+def _day() -> pc.Expression:
+    return pc.field("ds").cast(pa.string())
+
+
+def read_held_out(path_or_uri: str, eval_ds: str) -> pa.Table:
+    """The rows of the held-out day `eval_ds` only."""
+    table = read_training_set(path_or_uri, where=_day() == eval_ds)
+    if table.num_rows == 0:
+        raise ValueError(f"no rows with ds == {eval_ds!r} in {path_or_uri}")
+    return table
+
+
+def rows_per_day(path_or_uri: str) -> dict[str, int]:
+    """Rows of each day of a training set, reading its `ds` column only."""
+    days = read_training_set(path_or_uri, columns=["ds"]).column("ds").cast(pa.string())
+    return {row["values"]: row["counts"] for row in pc.value_counts(days).to_pylist()}
+
+
+def load_split(path_or_uri: str, spec: FeatureSpec, eval_ds: str) -> tuple[TensorData, TensorData]:
+    """Tensors of the training days (before `eval_ds`) and of the held-out day, as `split_by_day`
+    would give, but each part is read with its own filter and its table released once encoded:
+    what stays while training is the compact tensors, not the parquet's arrow tables."""
+    parts = []
+    for where in (_day() < eval_ds, _day() == eval_ds):
+        table = read_training_set(path_or_uri, where=where)
+        parts.append(encode(table, spec))
+        del table
+        pa.default_memory_pool().release_unused()
+    train, held_out = parts
+    if len(held_out) == 0:
+        raise ValueError(f"no rows with ds == {eval_ds!r} in {path_or_uri}")
+    return train, held_out
 
 
 def split_by_day(table: pa.Table, eval_ds: str) -> tuple[pa.Table, pa.Table]:

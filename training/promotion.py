@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from msmt import lake, storage
 from msmt.settings import Settings
-from training.data import TensorData, encode, read_training_set, split_by_day
+from training.data import TensorData, encode, read_held_out
 from training.gate import GateRules, decide
 from training.pyfunc import load_ranker
 from training.trainer import predict
@@ -57,7 +57,7 @@ def evaluate_and_gate(settings: Settings, training_set_uri: str, eval_ds: str, c
     challenger_version = str(challenger_version)
     run_id = client.get_model_version(name, challenger_version).run_id
     champion_version = _alias_version(client, name, CHAMPION)
-    _, eval_table = split_by_day(read_training_set(training_set_uri), eval_ds)
+    eval_table = read_held_out(training_set_uri, eval_ds)
 
     challenger_probs, data = _score(f"models:/{name}/{challenger_version}", eval_table)
     champion_probs = None if champion_version is None else _score(f"models:/{name}/{champion_version}", eval_table)[0]

@@ -24,7 +24,6 @@ from dataclasses import asdict
 import mlflow
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import torch
 from matplotlib.figure import Figure
@@ -34,7 +33,7 @@ from mlflow.models import infer_signature
 
 from msmt.settings import Settings
 from training import hparams
-from training.data import default_spec, encode, read_training_set, split_by_day
+from training.data import default_spec, encode, read_held_out, rows_per_day
 from training.models import build_model
 from training.pyfunc import log_ranker
 from training.trainer import score_cells
@@ -63,10 +62,11 @@ def train_model(
     model_name = model_name or settings.model_name
     hparams_version, overrides = hparams.resolve(model_name, overrides)
     train_cfg, model_overrides = split_overrides(settings, overrides)
-    table = read_training_set(training_set_uri)
-    train_table, eval_table = split_by_day(table, eval_ds)
-    if train_table.num_rows == 0:
+    days = rows_per_day(training_set_uri)  # the parent reads the held-out day only: the worker trains
+    train_days = sorted(day for day in days if day < eval_ds)
+    if not train_days:
         raise ValueError(f"no training rows before {eval_ds} in {training_set_uri}")
+    eval_table = read_held_out(training_set_uri, eval_ds)
     spec = default_spec(len(settings.scenarios), settings.tasks)
     eval_data = encode(eval_table, spec)  # the worker encodes the training days itself
     torch.manual_seed(train_cfg.seed)
@@ -82,8 +82,8 @@ def train_model(
                 "hparams.version": hparams_version,  # training/configs/<model>.json
                 **{f"model.{k}": v for k, v in model_config.items()},
                 **{f"train.{k}": v for k, v in asdict(train_cfg).items()},
-                "train_days": ",".join(pc.unique(train_table.column("ds").cast(pa.string())).to_pylist()),
-                "train_rows": train_table.num_rows,
+                "train_days": ",".join(train_days),
+                "train_rows": sum(days[day] for day in train_days),
                 "eval_ds": eval_ds,
                 "eval_rows": eval_table.num_rows,
                 "attribution_window_days": settings.attribution_window_days,  # labels matured this long
@@ -91,7 +91,7 @@ def train_model(
                 "training_set_uri": training_set_uri,
             }
         )
-        mlflow.log_input(_training_dataset(training_set_uri, table), context="training")
+        mlflow.log_input(_training_dataset(training_set_uri, eval_table), context="training")
         with tempfile.TemporaryDirectory(prefix="msmt-train-") as scratch:
             out = trained_dir or scratch
             if trained_dir is None:
@@ -150,7 +150,8 @@ def partition_digest(uri: str) -> str:
 
 
 def _training_dataset(uri: str, table: pa.Table) -> MetaDataset:
-    """The partition as an MLflow dataset: source URI, content digest, column schema (no data copy)."""
+    """The partition as an MLflow dataset: source URI, content digest, column schema (from `table`,
+    any of its days; no data copy)."""
     with warnings.catch_warnings():  # MLflow registers its local source twice; the int hint is for serving
         warnings.filterwarnings("ignore", message="The specified dataset source")
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> dict | None:
 
     from msmt.settings import Settings
     from training import checkpoint, distributed
-    from training.data import default_spec, encode, read_training_set, split_by_day
+    from training.data import default_spec, load_split
     from training.models import build_model
     from training.trainer import fit
 
@@ -161,11 +161,11 @@ def run(args: argparse.Namespace) -> dict | None:
         )
         train_cfg = replace(train_cfg, checkpoint_dir=checkpoint_dir)
         spec = default_spec(len(settings.scenarios), settings.tasks)
-        train_table, eval_table = split_by_day(read_training_set(args.training_set), args.eval_ds)
-        if train_table.num_rows == 0:
+        train, valid = load_split(args.training_set, spec, args.eval_ds)
+        if len(train) == 0:
             raise ValueError(f"no training rows before {args.eval_ds} in {args.training_set}")
-        train = encode(train_table, spec).shard(ctx.rank, ctx.world_size)
-        valid = encode(eval_table, spec).shard(ctx.rank, ctx.world_size)
+        rows = {"train_rows": len(train), "eval_rows": len(valid)}
+        train, valid = train.shard(ctx.rank, ctx.world_size), valid.shard(ctx.rank, ctx.world_size)
         torch.manual_seed(train_cfg.seed)  # the initial weights (DDP broadcasts rank 0's anyway)
         model = build_model(args.model, spec, **model_overrides)
         result = fit(model, train, valid, train_cfg)
@@ -179,8 +179,7 @@ def run(args: argparse.Namespace) -> dict | None:
             "model_config": asdict(model.config),
             "train_config": asdict(train_cfg),
             "spec": spec.to_dict(),
-            "train_rows": train_table.num_rows,
-            "eval_rows": eval_table.num_rows,
+            **rows,
             **asdict(result),
         }
         _write(args.out, METRICS_FILE, json.dumps(metrics, indent=1, default=str).encode())

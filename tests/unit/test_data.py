@@ -14,7 +14,17 @@ import pytest
 import torch
 
 from msmt import schemas
-from training.data import FeatureSpec, TensorData, default_spec, encode, read_training_set, split_by_day
+from training.data import (
+    FeatureSpec,
+    TensorData,
+    default_spec,
+    encode,
+    load_split,
+    read_held_out,
+    read_training_set,
+    rows_per_day,
+    split_by_day,
+)
 
 TASKS = ("click", "conversion")
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,3 +166,13 @@ def test_read_and_split_by_day(tmp_path):
     assert set(train.column("ds").to_pylist()) == {"2024-01-01"}
     with pytest.raises(ValueError, match="no rows"):
         split_by_day(back, "2030-01-01")
+
+    # From the files: the same split, read day by day (filters pushed down), tables not kept.
+    assert rows_per_day(str(root)) == {"2024-01-01": 3, "2024-01-02": 3}
+    assert read_held_out(str(root), "2024-01-02").equals(held_out)
+    spec = default_spec(4, ("click", "conversion"))
+    train_data, held_out_data = load_split(str(root), spec, "2024-01-02")
+    for got, want in ((train_data, encode(train, spec)), (held_out_data, encode(held_out, spec))):
+        assert all(torch.equal(getattr(got, f), getattr(want, f)) for f in ("sparse", "dense", "labels", "group"))
+    with pytest.raises(ValueError, match="no rows"):
+        load_split(str(root), spec, "2030-01-01")
