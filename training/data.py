@@ -247,6 +247,23 @@ def _hash_ids(values: np.ndarray, valid: np.ndarray, vocab: int) -> np.ndarray:
     return np.where(valid, codes, 0)
 
 
+def _string_digests(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(blake2b-64 of each distinct string `(D,)` uint64, each row's index into them `(N,)`, -1 = null):
+    the same string gets the same digest in every process, machine and chunk of a table."""
+    encoded = column.dictionary_encode()
+    digests = [int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little")
+               for v in encoded.dictionary.to_pylist()]  # distinct values only, not rows  # fmt: skip
+    return np.array(digests, dtype=np.uint64), encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+
+
+def _request_groups(column: pa.ChunkedArray) -> np.ndarray:
+    """request_id → a non-negative int64 per request (62-bit digest), -1 for a null request."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    digests, indices = _string_digests(column.cast(pa.string()))
+    groups = (digests >> np.uint64(2)).astype(np.int64)  # < 2^62: room for singleton ids above the max
+    return np.where(indices >= 0, groups[np.maximum(indices, 0)], -1)
+
+
 def _encode_column(column: pa.ChunkedArray | pa.Array, vocab: int, hashed: bool) -> np.ndarray:
     """One sparse column → int64 codes in 0..vocab-1 (see module docstring)."""
     if isinstance(column, pa.ChunkedArray):
@@ -254,13 +271,8 @@ def _encode_column(column: pa.ChunkedArray | pa.Array, vocab: int, hashed: bool)
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        encoded = column.dictionary_encode()
-        digests = [
-            int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little") if v is not None else 0
-            for v in encoded.dictionary.to_pylist()  # distinct values only, not rows
-        ]
-        value_codes = _hash_ids(np.array(digests, dtype=np.uint64).view(np.int64), np.ones(len(digests), bool), vocab)
-        indices = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        digests, indices = _string_digests(column)
+        value_codes = _hash_ids(digests.view(np.int64), np.ones(len(digests), bool), vocab)
         return np.where(indices >= 0, value_codes[np.maximum(indices, 0)], 0)
     if not pa.types.is_integer(column.type):
         raise ValueError(f"sparse column of type {column.type} is neither integer nor string")
@@ -325,9 +337,8 @@ def encode(table: pa.Table, spec: FeatureSpec) -> TensorData:
         column = table.column(task)
         label_mask[:, t] = ~column.is_null().to_numpy()
         labels[:, t] = pc.fill_null(column.cast(pa.float32()), 0.0).to_numpy()
-    if "request_id" in table.column_names:
-        group = table.column("request_id").combine_chunks().dictionary_encode().indices
-        group = group.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    if "request_id" in table.column_names:  # a digest, not a dictionary index: chunks encode alike
+        group = _request_groups(table.column("request_id"))
     else:  # every row its own request
         group = np.arange(n, dtype=np.int64)
     return TensorData(
@@ -341,17 +352,21 @@ def encode(table: pa.Table, spec: FeatureSpec) -> TensorData:
     )
 
 
+def _training_dataset(path_or_uri: str) -> pads.Dataset:
+    """A parquet training set; hive directory keys become columns unless the files already
+    hold a column of that name (the files' `ds` wins over `ds=…/`)."""
+    file_columns = set(pads.dataset(path_or_uri, format="parquet").schema.names)
+    hive = pads.dataset(path_or_uri, format="parquet", partitioning="hive")
+    keys = [f for f in hive.partitioning.schema if f.name not in file_columns] if hive.partitioning else []
+    return pads.dataset(path_or_uri, format="parquet", partitioning=pads.partitioning(pa.schema(keys), flavor="hive"))
+
+
 def read_training_set(
     path_or_uri: str, where: pc.Expression | None = None, columns: list[str] | None = None
 ) -> pa.Table:
     """Read a parquet training set (local path or URI), optionally only the rows `where` holds and
-    some `columns` (both pushed down to the files); hive directory keys become columns unless the
-    files already hold a column of that name (the files' `ds` wins over `ds=…/`)."""
-    file_columns = set(pads.dataset(path_or_uri, format="parquet").schema.names)
-    hive = pads.dataset(path_or_uri, format="parquet", partitioning="hive")
-    keys = [f for f in hive.partitioning.schema if f.name not in file_columns] if hive.partitioning else []
-    partitioning = pads.partitioning(pa.schema(keys), flavor="hive")
-    return pads.dataset(path_or_uri, format="parquet", partitioning=partitioning).to_table(columns, filter=where)
+    some `columns` (both pushed down to the files)."""
+    return _training_dataset(path_or_uri).to_table(columns, filter=where)
 
 
 def _day() -> pc.Expression:
@@ -372,17 +387,30 @@ def rows_per_day(path_or_uri: str) -> dict[str, int]:
     return {row["values"]: row["counts"] for row in pc.value_counts(days).to_pylist()}
 
 
+def encode_scan(dataset: pads.Dataset, spec: FeatureSpec, where: pc.Expression | None = None) -> TensorData:
+    """`encode` of the rows `where` holds, record batch by record batch into tensors allocated once:
+    the peak is the tensors plus one batch, never the whole arrow table beside them."""
+    out, at = None, 0
+    for batch in dataset.to_batches(filter=where, batch_readahead=1, fragment_readahead=1):
+        if batch.num_rows == 0:
+            continue
+        chunk = encode(pa.Table.from_batches([batch]), spec)
+        if out is None:
+            n = dataset.count_rows(filter=where)
+            out = chunk._map(lambda t, n=n: t.new_empty((n, *t.shape[1:])))
+        for f in fields(out):
+            getattr(out, f.name)[at : at + len(chunk)] = getattr(chunk, f.name)
+        at += len(chunk)
+    pa.default_memory_pool().release_unused()
+    return out if out is not None else encode(dataset.schema.empty_table(), spec)
+
+
 def load_split(path_or_uri: str, spec: FeatureSpec, eval_ds: str) -> tuple[TensorData, TensorData]:
     """Tensors of the training days (before `eval_ds`) and of the held-out day, as `split_by_day`
-    would give, but each part is read with its own filter and its table released once encoded:
-    what stays while training is the compact tensors, not the parquet's arrow tables."""
-    parts = []
-    for where in (_day() < eval_ds, _day() == eval_ds):
-        table = read_training_set(path_or_uri, where=where)
-        parts.append(encode(table, spec))
-        del table
-        pa.default_memory_pool().release_unused()
-    train, held_out = parts
+    and `encode` would give, read and encoded batch by batch (`encode_scan`): what training holds
+    is the compact tensors, not the parquet's arrow tables."""
+    dataset = _training_dataset(path_or_uri)
+    train, held_out = encode_scan(dataset, spec, _day() < eval_ds), encode_scan(dataset, spec, _day() == eval_ds)
     if len(held_out) == 0:
         raise ValueError(f"no rows with ds == {eval_ds!r} in {path_or_uri}")
     return train, held_out

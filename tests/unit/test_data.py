@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,18 @@ def test_encode_shapes_ranges_and_nulls(spec):
     assert bool((data.dense[1] == 0).all())  # null features → 0
     assert data.dense[2, 0] == pytest.approx(np.log1p(6.0))  # counts → log1p
     assert data.seq[0].sum() == 0  # null history → all padding
-    assert torch.equal(data.group, torch.tensor([0, 0, 1, 1, 2, 2]))
+    first, second, third = data.group[0::2].tolist()  # request_id-0, -1, -2: two rows each
+    assert torch.equal(data.group, torch.tensor([first, first, second, second, third, third]))
+    assert len({first, second, third}) == 3 and min(first, second, third) >= 0
+
+
+def test_encoding_in_pieces_gives_the_same_tensors(spec):
+    """Every column is encoded row by row (ids hashed, requests digested), so chunks agree."""
+    table = training_table(n=12, seed=4)
+    whole = encode(table, spec)
+    pieces = [encode(table.slice(start, 5), spec) for start in range(0, 12, 5)]
+    for name in ("sparse", "dense", "seq", "scenario", "labels", "label_mask", "group"):
+        assert torch.equal(torch.cat([getattr(p, name) for p in pieces]), getattr(whole, name)), name
 
 
 def test_sequence_shares_item_hash_and_truncates(spec):
@@ -171,8 +183,13 @@ def test_read_and_split_by_day(tmp_path):
     assert rows_per_day(str(root)) == {"2024-01-01": 3, "2024-01-02": 3}
     assert read_held_out(str(root), "2024-01-02").equals(held_out)
     spec = default_spec(4, ("click", "conversion"))
+    pq.write_table(training_table(n=8, seed=5), root / "part-1.parquet")  # a second file: order across files
+    back = read_training_set(str(root))
+    train, held_out = split_by_day(back, "2024-01-02")
     train_data, held_out_data = load_split(str(root), spec, "2024-01-02")
     for got, want in ((train_data, encode(train, spec)), (held_out_data, encode(held_out, spec))):
-        assert all(torch.equal(getattr(got, f), getattr(want, f)) for f in ("sparse", "dense", "labels", "group"))
+        assert len(got) == len(want) and all(
+            torch.equal(getattr(got, f.name), getattr(want, f.name)) for f in fields(got)
+        )
     with pytest.raises(ValueError, match="no rows"):
         load_split(str(root), spec, "2030-01-01")
