@@ -26,6 +26,7 @@ memory. Imports torch, numpy and pyarrow only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -33,6 +34,7 @@ import platform
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -182,11 +184,46 @@ def _per_row(model, dataset, cfg: TrainConfig, device, world: int, stack: bool) 
     return time.perf_counter() - started, rows
 
 
-def _gpu_utilisation() -> float | None:
-    try:
-        return float(torch.cuda.utilization())
-    except Exception:  # pynvml absent
+class GpuSampler:
+    """Mean GPU utilisation (%) while the `with` block runs, sampled every `every` seconds.
+
+    Reads NVML through `torch.cuda.utilization` when pynvml is installed, else `nvidia-smi`;
+    `mean` stays None off CUDA or when neither answers. (One reading after training ends
+    would see an idle GPU.)
+    """
+
+    def __init__(self, device: torch.device, every: float = 0.1) -> None:
+        self.device, self.every, self.samples = device, every, []
+        self.mean: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _read(self) -> float | None:
+        with contextlib.suppress(Exception):
+            return float(torch.cuda.utilization(self.device))
+        with contextlib.suppress(Exception):
+            index = self.device.index or 0
+            query = ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+            return float(subprocess.run(query, capture_output=True, text=True, check=True, timeout=5).stdout)
         return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            value = self._read()
+            if value is None:
+                return
+            self.samples.append(value)
+
+    def __enter__(self) -> GpuSampler:
+        if self.device.type == "cuda":
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.mean = sum(self.samples) / len(self.samples) if self.samples else None
 
 
 # --- one measurement per process -------------------------------------------------------------
@@ -216,13 +253,12 @@ def child(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _settle()
-    utilisation = None
-    if args.path == "msmt":
-        result = fit(model, dataset, None, cfg)
-        utilisation = _gpu_utilisation() if device.type == "cuda" else None
-        seconds, rows = result.seconds, result.history[-1]["samples_per_s"] * result.seconds / ctx.world_size
-    else:
-        seconds, rows = _per_row(model, dataset, cfg, device, ctx.world_size, stack=args.path == "columns")
+    with GpuSampler(device) as gpu:
+        if args.path == "msmt":
+            result = fit(model, dataset, None, cfg)
+            seconds, rows = result.seconds, result.history[-1]["samples_per_s"] * result.seconds / ctx.world_size
+        else:
+            seconds, rows = _per_row(model, dataset, cfg, device, ctx.world_size, stack=args.path == "columns")
     rates = distributed.gather_objects(rows / seconds)
     peaks = distributed.gather_objects(_status_mb("VmHWM") - base_mb)
     make_batches = _msmt_batches if args.path == "msmt" else _row_batches
@@ -234,7 +270,7 @@ def child(args: argparse.Namespace) -> None:
                "samples_per_s": sum(rates), "loader_per_s": sum(loader_rates), "peak_mb": max(peaks),
                "compact_mb": compact_mb / ctx.world_size,
                "gpu_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-               "gpu_util": utilisation}  # fmt: skip
+               "gpu_util": gpu.mean}  # fmt: skip
         print("RESULT " + json.dumps(out), flush=True)
     distributed.shutdown()
 
