@@ -11,7 +11,11 @@ import typer
 from msmt.importers.cli import import_app
 from msmt.settings import Settings
 
-app = typer.Typer(help="msmt: daily retraining of multi-scenario, multi-task ranking models.", no_args_is_help=True)
+app = typer.Typer(
+    help="msmt: daily retraining of multi-scenario, multi-task ranking models.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # a traceback must not print settings (credentials) or tensors
+)
 app.add_typer(import_app, name="import", help="Turn public datasets (AliExpress, Ali-CCP) into msmt's raw logs.")
 
 Day = Annotated[str, typer.Option("--ds", help="run day YYYY-MM-DD (logs of this day have landed)")]
@@ -30,6 +34,18 @@ def _overrides(assignments: list[str] | None, epochs: int | None = None) -> dict
 def _settings() -> Settings:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return Settings.from_env()
+
+
+def _training_set(settings: Settings, plan) -> str:
+    """The run's training set, or exit 2 saying how to build it."""
+    from msmt import lake, storage
+
+    uri = lake.training_set(settings, plan.sample_ds)
+    if not storage.exists(settings, uri):
+        typer.echo(f"error: no training set for the run of {plan.ds} at {uri}; build it first with "
+                   f"`msmt run --ds {plan.ds}` (or the msmt_daily DAG)", err=True)  # fmt: skip
+        raise typer.Exit(code=2)
+    return uri
 
 
 @app.command()
@@ -94,16 +110,20 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="override the number of epochs")] = None,
     assignments: Assignments = None,
 ) -> None:
-    """Train a challenger on the run's training set (built by `msmt run` or the DAG) and gate it."""
-    from msmt import lake, pipeline
+    """Train a challenger on the run's training set (built by `msmt run` or the DAG) and gate it.
+
+    Exit code: 0 the gate passed, 1 it failed, 2 no training set for that day.
+    """
+    from msmt import pipeline
 
     settings = _settings()
     plan = pipeline.plan_day(settings, ds)
-    training_set = lake.training_set(settings, plan.sample_ds)
+    training_set = _training_set(settings, plan)
     trained = pipeline.train_model(settings, plan, training_set, model, _overrides(assignments, epochs))
     decision = pipeline.evaluate_model(settings, plan, training_set, trained["version"])
     verdict = "passed" if decision["passed"] else "failed"
     typer.echo(f"version {trained['version']} (run {trained['run_id']}): gate {verdict}")
+    raise typer.Exit(code=0 if decision["passed"] else 1)
 
 
 @app.command()
@@ -111,12 +131,15 @@ def gate(
     ds: Day,
     version: Annotated[str, typer.Option(help="registered model version of the challenger")],
 ) -> None:
-    """Score a challenger version against the champion on the run's held-out day."""
-    from msmt import lake, pipeline
+    """Score a challenger version against the champion on the run's held-out day.
+
+    Exit code: 0 the gate passed, 1 it failed, 2 no training set for that day.
+    """
+    from msmt import pipeline
 
     settings = _settings()
     plan = pipeline.plan_day(settings, ds)
-    decision = pipeline.evaluate_model(settings, plan, lake.training_set(settings, plan.sample_ds), version)
+    decision = pipeline.evaluate_model(settings, plan, _training_set(settings, plan), version)
     raise typer.Exit(code=0 if decision["passed"] else 1)
 
 

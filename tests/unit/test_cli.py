@@ -32,3 +32,12 @@ def test_a_bad_date_is_a_clear_error(tmp_path, monkeypatch):
     result = runner.invoke(app, ["simulate", "--start", "yesterday", "--days", "1"])
     assert result.exit_code != 0
     assert "yesterday" in str(result.exception) or "yesterday" in result.output
+
+
+def test_training_without_a_training_set_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSMT_HOME", str(tmp_path))
+    for command in (["train", "--ds", "2026-03-09"], ["gate", "--ds", "2026-03-09", "--version", "1"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert "no training set for the run of 2026-03-09" in result.output
+        assert "msmt run --ds 2026-03-09" in result.output
