@@ -300,7 +300,8 @@ def measure(args: argparse.Namespace, model: str, path: str, workers: int, bf16:
 
 
 def machine() -> str:
-    cpu = torch.cpu.get_capabilities().get("cpu_name") or platform.processor() or platform.machine()
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # absent from older torch
+    cpu = capabilities.get("cpu_name") or platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.node()}: {os.cpu_count()} logical CPUs ({cpu}), {gpu}, Python {platform.python_version()}, "
             f"torch {torch.__version__}")  # fmt: skip

@@ -144,8 +144,10 @@ def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (else autocast emulates it, slower than float32)."""
-    capabilities = torch.cpu.get_capabilities()
-    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # newer torch; the GPU machine's may lack it
+    if capabilities is not None:
+        return bool(capabilities().get("avx512_bf16") or capabilities().get("amx_bf16"))
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
 def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
