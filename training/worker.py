@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -36,6 +37,9 @@ from training import hparams
 
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
+PROGRESS = "[msmt.worker] "  # prefix of the lines `launch` forwards from the worker's output to its log
+
+log = logging.getLogger("msmt.training")
 
 
 def worker_command(
@@ -84,20 +88,27 @@ def launch(
     """Run the worker as its own process group through torchrun; returns its metrics.json.
 
     The child gets the parent's environment plus `settings.to_env()`; its output
-    goes to `<out>/worker.log`, whose tail is in the error when it fails.
+    goes to `<out>/worker.log`, whose tail is in the error when it fails, and its
+    progress lines (a start line, one per epoch) to the `msmt.training` log as they come.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     command = worker_command(training_set, eval_ds, model, str(out), overrides, workers, python=sys.executable)
     root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, **settings.to_env()}
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     log_path = out / "worker.log"
-    with open(log_path, "wb") as log:
-        done = subprocess.run(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
-    if done.returncode != 0:
+    with open(log_path, "w") as worker_log:
+        proc = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace")  # fmt: skip
+        for line in proc.stdout:
+            worker_log.write(line)
+            if line.startswith(PROGRESS):  # progress reaches the task's log as it happens
+                log.info(line[len(PROGRESS) :].rstrip())
+        returncode = proc.wait()
+    if returncode != 0:
         tail = log_path.read_text(errors="replace")[-4000:]
-        raise RuntimeError(f"training worker failed (exit {done.returncode}); {log_path} ends with:\n{tail}")
+        raise RuntimeError(f"training worker failed (exit {returncode}); {log_path} ends with:\n{tail}")
     return read_metrics(str(out))
 
 
@@ -168,7 +179,10 @@ def run(args: argparse.Namespace) -> dict | None:
         train, valid = train.shard(ctx.rank, ctx.world_size), valid.shard(ctx.rank, ctx.world_size)
         torch.manual_seed(train_cfg.seed)  # the initial weights (DDP broadcasts rank 0's anyway)
         model = build_model(args.model, spec, **model_overrides)
-        result = fit(model, train, valid, train_cfg)
+        if ctx.is_main:
+            _progress(f"{args.model}: {rows['train_rows']:,} training rows, {rows['eval_rows']:,} held out, "
+                      f"{train_cfg.epochs} epochs, {ctx.world_size} rank(s)")  # fmt: skip
+        result = fit(model, train, valid, train_cfg, on_epoch=_report_epoch(train_cfg) if ctx.is_main else None)
         if not ctx.is_main:
             return None
         buffer = io.BytesIO()
@@ -188,6 +202,21 @@ def run(args: argparse.Namespace) -> dict | None:
     finally:
         distributed.barrier()
         distributed.shutdown()
+
+
+def _progress(message: str) -> None:
+    print(PROGRESS + message, flush=True)
+
+
+def _report_epoch(cfg):
+    """`fit`'s on_epoch: one progress line per epoch."""
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        valid = f", valid_loss {metrics['valid_loss']:.4f}" if "valid_loss" in metrics else ""
+        _progress(f"epoch {epoch + 1}/{cfg.epochs}: train_loss {metrics['train_loss']:.4f}{valid}, "
+                  f"{metrics['samples_per_s']:,.0f} rows/s, {metrics['seconds']:.1f} s")  # fmt: skip
+
+    return report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,6 +8,7 @@ gate's floor and an untrained one (lr=0) falls far below the champion.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import mlflow
@@ -91,9 +92,14 @@ def env(settings: Settings) -> tuple[Settings, str]:
     return s, write_training_set(s)
 
 
-def test_train_model_logs_a_registered_challenger(env):
+def test_train_model_logs_a_registered_challenger(env, caplog):
     settings, uri = env
-    result = train_model(settings, uri, EVAL_DS, overrides=FAST)
+    with caplog.at_level(logging.INFO, logger="msmt.training"):
+        result = train_model(settings, uri, EVAL_DS, overrides=FAST)
+    progress = [r.getMessage() for r in caplog.records if r.name == "msmt.training"]  # forwarded from the worker
+    epochs = FAST["epochs"]
+    assert progress[0].startswith("mmoe: ") and "training rows" in progress[0]
+    assert [m.split(":")[0] for m in progress[1:]] == [f"epoch {e}/{epochs}" for e in range(1, epochs + 1)]
 
     client = MlflowClient()
     run = client.get_run(result["run_id"])
