@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,9 +100,7 @@ class RowTensors(torch.utils.data.Dataset):
         return len(self.data)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        d = self.data
-        return {"sparse": d.sparse[i], "dense": d.dense[i], "seq": d.seq[i], "scenario": d.scenario[i],
-                "labels": d.labels[i], "label_mask": d.label_mask[i], "group": d.group[i]}  # fmt: skip
+        return {f.name: getattr(self.data, f.name)[i] for f in fields(self.data)}
 
 
 class RowColumns(torch.utils.data.Dataset):
@@ -146,8 +144,8 @@ def _row_batches(dataset, cfg: TrainConfig, device, world: int, stack: bool):
         yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _msmt_batches(data: TensorData, cfg: TrainConfig, device, world: int, stack: bool = False):
-    """The same batches through msmt's path (what `fit` iterates; `stack` is the column pattern's alone)."""
+def _msmt_batches(data: TensorData, cfg: TrainConfig, device, world: int):
+    """The same batches through msmt's path (what `fit` iterates)."""
     plan = data.plan(cfg.batch_size // world, shuffle=True)
     return data.iter_plan(plan, 0, cfg.max_steps, device=device, pin_memory=True)
 
@@ -262,8 +260,10 @@ def child(args: argparse.Namespace) -> None:
             seconds, rows = _per_row(model, dataset, cfg, device, ctx.world_size, stack=args.path == "columns")
     rates = distributed.gather_objects(rows / seconds)
     peaks = distributed.gather_objects(_status_mb("VmHWM") - base_mb)
-    make_batches = _msmt_batches if args.path == "msmt" else _row_batches
-    batches = make_batches(dataset, cfg, device, ctx.world_size, stack=args.path == "columns")
+    if args.path == "msmt":
+        batches = _msmt_batches(dataset, cfg, device, ctx.world_size)
+    else:
+        batches = _row_batches(dataset, cfg, device, ctx.world_size, stack=args.path == "columns")
     loader_seconds, loader_rows = _loader_only(batches)
     loader_rates = distributed.gather_objects(loader_rows / loader_seconds)
     if ctx.is_main:

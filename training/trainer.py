@@ -144,9 +144,10 @@ def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (else autocast emulates it, slower than float32)."""
-    capabilities = getattr(torch.cpu, "get_capabilities", None)  # newer torch; the GPU machine's may lack it
-    if capabilities is not None:
-        return bool(capabilities().get("avx512_bf16") or capabilities().get("amx_bf16"))
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)  # newer torch; the GPU machine's may lack it
+    if get_capabilities is not None:
+        capabilities = get_capabilities()
+        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
     return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
@@ -312,7 +313,7 @@ def fit(
             sums = state["sums"]
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float()
-            state["step"], state["rows"] = step, state["rows"] + int(plan.bounds[step] - plan.bounds[step - 1])
+            state["step"], state["rows"] = step, state["rows"] + len(batch["labels"])
             if bar is not None:
                 if cfg.log_every > 0 and step % cfg.log_every == 0:
                     bar.set_postfix(loss=f"{sums['train_loss'].item() / step:.4f}")

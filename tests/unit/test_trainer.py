@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import SPEC
 
 from training import checkpoint, trainer
-from training.data import FeatureSpec, synthetic
+from training.data import synthetic
 from training.evaluate import auc
 from training.models import build_model
 from training.trainer import TrainConfig, fit, lr_factor, masked_bce, predict
-
-SPEC = FeatureSpec(
-    sparse_fields=["user_id", "item_id", "scenario_id"],
-    vocab_sizes=[30, 40, 4],
-    dense_fields=["u_ctr", "i_ctr"],
-    seq_len=4,
-    n_scenarios=3,
-    tasks=("click", "conversion"),
-)
 
 
 @pytest.mark.parametrize("name", ["mmoe", "shared_bottom"])
