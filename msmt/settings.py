@@ -49,6 +49,7 @@ class Settings:
     max_quarantine_rate: float = 0.05  # a day with more malformed raw rows fails check_raw
     drift_min_rows: int = 1000  # scenarios with fewer rows a day are not held to the volume / CTR bounds
     retry_delay_s: int = 300  # Airflow retry delay of the idempotent steps (late data, flaky storage)
+    dag_start: str = "2026-01-01"  # msmt_daily's start_date: the first day it can run (imported logs: set earlier)
 
     # model
     model_name: str = "mmoe"
@@ -71,6 +72,7 @@ class Settings:
     gate_min_positives: int = 25  # …and below this many positives
     gate_bootstrap: int = 200
     gate_advisory_scenarios: tuple[str, ...] = field(default_factory=tuple)
+    gate_allow_unjudged: bool = False  # promote a decision in which no cell had enough data to be judged
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -147,9 +149,16 @@ def _artifact_location(settings: Settings) -> str:
     return Path(settings.mlflow_artifact_root, settings.experiment).as_uri()
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
 def _parse(raw: str, annotation: object) -> object:
     """Turn an environment string into the field's type (annotations are strings here)."""
     kind = str(annotation)
+    if kind == "bool":
+        if raw.strip().lower() not in _BOOLS:
+            raise ValueError(f"expected one of {sorted(_BOOLS)}, got {raw!r}")
+        return _BOOLS[raw.strip().lower()]
     if kind.startswith("tuple"):
         return tuple(item.strip() for item in raw.split(",") if item.strip())
     if kind == "Path":
