@@ -60,7 +60,7 @@ def hold(settings: Settings, name: str, purpose: str, wait_s: float = 0.0) -> It
 def _holder(path) -> str:
     """Who holds the lock, in words (what the holder wrote when it took it)."""
     try:
-        holder = json.loads(open(path).read() or "{}")
+        holder = json.loads(path.read_text() or "{}")
     except (OSError, json.JSONDecodeError):
         holder = {}
     if not holder:
