@@ -9,11 +9,11 @@ before it and holds the sample day out for the gate.
 
 | step | what | on failure |
 |---|---|---|
-| `plan_day` | which days are read and written | — |
+| `plan_day` | which days are read and written; params validated | run stops (no retry) on a bad override |
 | `check_raw_logs` | Great Expectations on the raw days read | run stops (no retry), nothing trained |
 | `build_samples` | Spark: join clicks / conversions, quarantine bad rows | retried (idempotent) |
 | `build_features` | Spark: user / item aggregates before each day | retried (idempotent) |
-| `check_samples` | GX: label rates and volume per scenario | run stops (no retry) |
+| `check_samples` | GX: label rates, volume, quarantine share per scenario and day built | run stops (no retry) |
 | `publish_features` | Feast apply + materialise to the online store | retried |
 | `build_training_set` | Feast point-in-time join | retried |
 | `train_pod` | cluster profile only: torchrun on `gpus` GPUs in a pod → weights + metrics | retried (resumes) |
@@ -21,7 +21,11 @@ before it and holds the sample day out for the gate.
 | `evaluate_model` | champion vs challenger per scenario × task | retried |
 | `promote_model` | `champion` alias moves only on pass | not retried |
 
-All logic lives in `msmt.pipeline`; tasks only pass day plans, URIs and versions.
+All logic lives in `msmt.pipeline`; tasks only pass day plans, URIs and versions. Every task
+leaves its error in XCom (`error`) when it fails, and a deterministic failure (`msmt.errors.StopRun`:
+a failed check, a bad override, a refused promotion) fails it at once, without retry.
+A training day counts as built once its samples check passed; `rebuild` rebuilds the training
+days' samples and features from raw logs (after an upstream fix).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from msmt.catalog import model_names
+from msmt.orchestration import fail_fast
 
 CHECKPOINT_MOUNT = "/checkpoints"  # where the training pod mounts its checkpoint claim
 
@@ -41,18 +46,6 @@ def _settings():
     from msmt.settings import Settings
 
     return Settings.from_env()
-
-
-def _stop_on_failed_check(check):
-    """A failed data check is deterministic: fail the task without retrying."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from spark_jobs.checks import DataCheckError
-
-    try:
-        return check()
-    except DataCheckError as failed:
-        raise AirflowFailException(str(failed)) from failed
 
 
 def _train_pod(settings):
@@ -111,15 +104,20 @@ def _train_pod(settings):
     )
 
 
+def _overrides(params) -> dict:
+    """The `overrides` param, with `epochs` folded in when set."""
+    return {**params["overrides"], **({"epochs": params["epochs"]} if params.get("epochs") else {})}
+
+
 def _plan(plan: dict):
     from msmt.pipeline import DayPlan
 
-    return DayPlan(ds=plan["ds"], sample_ds=plan["sample_ds"], train_days=tuple(plan["train_days"]))
+    return DayPlan(**{**plan, "train_days": tuple(plan["train_days"])})
 
 
 @dag(
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    start_date=pendulum.parse(_settings().dag_start, tz="UTC"),  # MSMT_DAG_START: imported logs may be older
     catchup=False,
     max_active_runs=1,
     tags=["msmt", "retraining"],
@@ -132,6 +130,9 @@ def _plan(plan: dict):
             {}, type="object", description="trainer / model config fields over training/configs/<model>.json"
         ),
         "promote": Param(True, type="boolean", description="move the champion alias on a passing gate"),
+        "rebuild": Param(
+            False, type="boolean", description="rebuild the training days' samples and features from raw logs"
+        ),
         "gpus": Param(
             1, type="integer", minimum=1, description="cluster profile: GPUs (= torchrun ranks) of the training pod"
         ),
@@ -139,21 +140,25 @@ def _plan(plan: dict):
 )
 def msmt_daily():
     @task
+    @fail_fast
     def plan_day() -> dict:
-        """#### Which days this run reads and writes"""
+        """#### Which days this run reads and writes; the model and its overrides are checked here"""
         from msmt.pipeline import plan_day as plan
 
-        ds = get_current_context()["logical_date"].date().isoformat()
-        return plan(_settings(), ds).to_dict()
+        context = get_current_context()
+        params, ds = context["params"], context["logical_date"].date().isoformat()
+        return plan(_settings(), ds, params["rebuild"], params["model"], _overrides(params)).to_dict()
 
     @task
+    @fail_fast
     def check_raw_logs(plan: dict) -> dict:
         """#### Great Expectations on the raw logs the sample day reads"""
         from msmt import pipeline
 
-        return _stop_on_failed_check(lambda: pipeline.check_raw_logs(_settings(), _plan(plan)))
+        return pipeline.check_raw_logs(_settings(), _plan(plan))
 
     @task
+    @fail_fast
     def build_samples(plan: dict, raw_checks: dict) -> dict:
         """#### Spark: scenario-tagged samples of the matured day"""
         from msmt import pipeline
@@ -161,6 +166,7 @@ def msmt_daily():
         return pipeline.build_samples(_settings(), _plan(plan))
 
     @task
+    @fail_fast
     def build_features(plan: dict, raw_checks: dict) -> dict:
         """#### Spark: user / item aggregates as of each day"""
         from msmt import pipeline
@@ -168,13 +174,15 @@ def msmt_daily():
         return pipeline.build_features(_settings(), _plan(plan))
 
     @task
+    @fail_fast
     def check_samples(plan: dict, samples: dict) -> dict:
-        """#### Great Expectations on the sample day, against trailing days"""
+        """#### Great Expectations on every sample day built, against trailing days"""
         from msmt import pipeline
 
-        return _stop_on_failed_check(lambda: pipeline.check_samples(_settings(), _plan(plan)))
+        return pipeline.check_samples(_settings(), _plan(plan), samples["built"])
 
     @task
+    @fail_fast
     def publish_features(plan: dict, features: dict) -> dict:
         """#### Feast: apply definitions, materialise to the online store"""
         from msmt import pipeline
@@ -182,6 +190,7 @@ def msmt_daily():
         return pipeline.publish_features(_settings(), _plan(plan))
 
     @task
+    @fail_fast
     def build_training_set(plan: dict, sample_checks: dict, published: dict) -> str:
         """#### Feast point-in-time join of samples and features"""
         from msmt import pipeline
@@ -189,18 +198,20 @@ def msmt_daily():
         return pipeline.build_training_set(_settings(), _plan(plan))
 
     @task(retries=0)
+    @fail_fast
     def train_model(plan: dict, training_set: str) -> dict:
         """#### Train the challenger (or read the training pod's outputs), log it to MLflow, register a version"""
         from msmt import pipeline
 
         settings, params = _settings(), get_current_context()["params"]
-        overrides = {**params["overrides"], **({"epochs": params["epochs"]} if params.get("epochs") else {})}
+        overrides = _overrides(params)
         trained_dir = (
             pipeline.training_output(settings, plan["ds"], params["model"]) if settings.profile == "cluster" else None
         )
         return pipeline.train_model(settings, _plan(plan), training_set, params["model"], overrides, trained_dir)
 
     @task
+    @fail_fast
     def evaluate_model(plan: dict, training_set: str, trained: dict) -> dict:
         """#### Champion vs challenger per scenario × task on the held-out day"""
         from msmt import pipeline
@@ -208,6 +219,7 @@ def msmt_daily():
         return pipeline.evaluate_model(_settings(), _plan(plan), training_set, trained["version"])
 
     @task(retries=0)
+    @fail_fast
     def promote_model(decision: dict) -> dict:
         """#### Move the `champion` alias only if the gate passed"""
         from msmt import pipeline

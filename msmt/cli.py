@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from msmt.errors import StopRun
 from msmt.importers.cli import import_app
 from msmt.settings import Settings
 
@@ -34,6 +35,12 @@ def _overrides(assignments: list[str] | None, epochs: int | None = None) -> dict
 def _settings() -> Settings:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return Settings.from_env()
+
+
+def _stopped(error: StopRun) -> typer.Exit:
+    """A deterministic failure: its message, exit code 2 (no traceback: the message says what and where)."""
+    typer.echo(f"error: {error}", err=True)
+    return typer.Exit(code=2)
 
 
 def _training_set(settings: Settings, plan) -> str:
@@ -69,17 +76,27 @@ def run(
     ds: Day,
     model: Annotated[str, typer.Option(help="model of the zoo (msmt models)")] = "mmoe",
     promote: Annotated[bool, typer.Option(help="move the champion alias on a passing gate")] = True,
+    rebuild: Annotated[bool, typer.Option(help="rebuild the training days' samples and features from raw")] = False,
     assignments: Assignments = None,
 ) -> None:
-    """Run the real msmt_daily DAG for one day, in-process (Airflow's test runner)."""
-    from msmt import orchestration
-    from msmt.demo import gate_summary
+    """Run the real msmt_daily DAG for one day, in-process (Airflow's test runner).
+
+    Exit code: 0 the run succeeded, 1 a task failed (the summary says which and why),
+    2 refused before it started (bad override, a day before MSMT_DAG_START, the day already running).
+    """
+    from msmt import orchestration, pipeline
 
     settings = _settings()
-    conf = {"model": model, "promote": promote, "overrides": _overrides(assignments)}
-    state = orchestration.run_daily(settings, ds, conf)
-    typer.echo(gate_summary(settings, ds))
-    if state != "success":
+    overrides = _overrides(assignments)
+    try:
+        pipeline.plan_day(settings, ds, rebuild, model, overrides)  # a bad override fails here, before any work
+        outcome = orchestration.run_daily(
+            settings, ds, {"model": model, "promote": promote, "rebuild": rebuild, "overrides": overrides}
+        )
+    except StopRun as refused:
+        raise _stopped(refused) from refused
+    typer.echo(orchestration.run_summary(outcome))
+    if outcome.state != "success":
         raise typer.Exit(code=1)
 
 
@@ -117,9 +134,13 @@ def train(
     from msmt import pipeline
 
     settings = _settings()
-    plan = pipeline.plan_day(settings, ds)
+    overrides = _overrides(assignments, epochs)
+    try:
+        plan = pipeline.plan_day(settings, ds, model=model, overrides=overrides)
+    except StopRun as refused:
+        raise _stopped(refused) from refused
     training_set = _training_set(settings, plan)
-    trained = pipeline.train_model(settings, plan, training_set, model, _overrides(assignments, epochs))
+    trained = pipeline.train_model(settings, plan, training_set, model, overrides)
     decision = pipeline.evaluate_model(settings, plan, training_set, trained["version"])
     verdict = "passed" if decision["passed"] else "failed"
     typer.echo(f"version {trained['version']} (run {trained['run_id']}): gate {verdict}")
@@ -133,7 +154,7 @@ def gate(
 ) -> None:
     """Score a challenger version against the champion on the run's held-out day.
 
-    Exit code: 0 the gate passed, 1 it failed, 2 no training set for that day.
+    Exit code: 0 the gate passed, 1 it failed, 2 no training set for that day or a bad override.
     """
     from msmt import pipeline
 

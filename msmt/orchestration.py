@@ -1,25 +1,40 @@
-"""Run the real `msmt_daily` DAG in-process on the profile's SQLite metadata DB.
+"""Run the real `msmt_daily` DAG in-process on the profile's SQLite metadata DB, and say how it ended.
 
 Airflow reads its configuration when first imported, so `airflow_env()` must
 be in `os.environ` before any `import airflow`; `prepare()` does that and
 migrates the metadata DB. The same variables let `airflow standalone` open the
 UI on the demo's results (see README).
+
+A run's summary is read from that run only (its task states and XComs), never
+from files a previous run of the day left behind.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from msmt import locks
+from msmt.errors import StopRun
 from msmt.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger("msmt.orchestration")
 
 DAG_ID = "msmt_daily"
+ERROR_KEY = "error"  # XCom key under which a failed task leaves its error for the run's summary
+TASK_ORDER = ("plan_day", "check_raw_logs", "build_samples", "build_features", "check_samples", "publish_features",
+              "build_training_set", "train_pod", "train_model", "evaluate_model", "promote_model")  # fmt: skip
+
+
+class NothingRan(StopRun):
+    """A run that executed no task: an error, never a success."""
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
@@ -66,11 +81,109 @@ def logical_date(ds: str) -> dt.datetime:
     return dt.datetime.combine(dt.date.fromisoformat(ds), dt.time(), tzinfo=dt.UTC)
 
 
-def run_daily(settings: Settings, ds: str, conf: dict | None = None) -> str:
-    """One `msmt_daily` run for day `ds` through Airflow's own test runner; returns its state."""
-    prepare(settings)
-    dag = load_dag()
-    run = dag.test(logical_date=logical_date(ds), run_conf=conf or {})
-    state = str(getattr(run.state, "value", run.state))
-    log.info("msmt_daily %s finished: %s", ds, state)
-    return state
+def fail_fast(task_function: Callable) -> Callable:
+    """Wrap a task body: leave its error in XCom for the run's summary; a `StopRun` fails without retry.
+
+    A StopRun (failed check, bad override, refused promotion) is deterministic: a
+    retry would only wait `retry_delay_s` to fail the same way.
+    """
+
+    @functools.wraps(task_function)
+    def guarded(*args, **kwargs):
+        try:
+            return task_function(*args, **kwargs)
+        except Exception as error:
+            from airflow.sdk import get_current_context
+            from airflow.sdk.exceptions import AirflowFailException
+
+            get_current_context()["ti"].xcom_push(ERROR_KEY, f"{type(error).__name__}: {error}")
+            if isinstance(error, StopRun):
+                raise AirflowFailException(str(error)) from error
+            raise
+
+    return guarded
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How one `msmt_daily` run ended: its state and each task's state, in flow order."""
+
+    ds: str
+    run_id: str
+    state: str
+    tasks: dict[str, str]
+
+    @property
+    def failed_task(self) -> str | None:
+        return next((task for task, state in self.tasks.items() if state == "failed"), None)
+
+
+def run_daily(settings: Settings, ds: str, conf: dict | None = None) -> RunOutcome:
+    """One `msmt_daily` run for day `ds` through Airflow's own test runner.
+
+    Refused (StopRun) for a day before the DAG's start and while another process
+    runs the same day; a run in which no task executed is an error too.
+    """
+    if ds < settings.dag_start:
+        raise NothingRan(
+            f"msmt_daily starts on {settings.dag_start} (MSMT_DAG_START), so Airflow would run no task for {ds}; "
+            f"for logs older than that (imported datasets), export MSMT_DAG_START={ds} or earlier and run again"
+        )
+    with locks.hold(settings, f"{DAG_ID}.{ds}", f"msmt_daily run of {ds}"):
+        prepare(settings)
+        run = load_dag().test(logical_date=logical_date(ds), run_conf=conf or {})
+    outcome = RunOutcome(ds, run.run_id, str(getattr(run.state, "value", run.state)), task_states(run.run_id))
+    log.info("msmt_daily %s finished: %s", ds, outcome.state)
+    if not any(state not in ("None", "removed", "skipped", "upstream_failed") for state in outcome.tasks.values()):
+        raise NothingRan(f"msmt_daily for {ds} executed no task (task states: {outcome.tasks or 'none'})")
+    return outcome
+
+
+def task_states(run_id: str) -> dict[str, str]:
+    """State of each task of the run, in the DAG's flow order."""
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = session.query(TaskInstance.task_id, TaskInstance.state)
+        rows = query.filter(TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run_id)
+        states = {task: str(getattr(state, "value", state)) for task, state in rows}
+    order = {task: i for i, task in enumerate(TASK_ORDER)}
+    return dict(sorted(states.items(), key=lambda item: order.get(item[0], len(order))))
+
+
+def task_value(run_id: str, task_id: str, key: str = "return_value"):
+    """An XCom of one task of the run (None when it left none)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel.value)
+            .filter(XComModel.dag_id == DAG_ID, XComModel.run_id == run_id)
+            .filter(XComModel.task_id == task_id, XComModel.key == key)
+            .first()
+        )
+    return None if row is None else row[0]
+
+
+def run_summary(outcome: RunOutcome) -> str:
+    """What this run decided, or where and why it stopped before the gate."""
+    from training.gate import GateDecision
+
+    decision = task_value(outcome.run_id, "evaluate_model")
+    if decision is None:
+        failed = outcome.failed_task
+        if failed is None:
+            return f"run {outcome.ds} ({outcome.state}) stopped before the gate; task states: {outcome.tasks}"
+        error = task_value(outcome.run_id, failed, ERROR_KEY) or "no error recorded; see the task's log"
+        return f"run {outcome.ds} stopped before the gate: {failed} failed\n  {error}"
+    gate = GateDecision.from_dict(decision)
+    promotion = task_value(outcome.run_id, "promote_model") or {}
+    if promotion.get("promoted"):
+        verdict = f"PROMOTED v{decision['challenger_version']} to champion"
+    elif gate.passed:
+        verdict = f"PASSED, not promoted: {promotion.get('reason') or 'promote_model did not run'}"
+    else:
+        verdict = f"REJECTED v{decision['challenger_version']}"
+    return "\n".join([gate.format_matrix(), f"decision: {verdict}", *[f"  - {r}" for r in gate.reasons]])

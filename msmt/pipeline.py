@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from msmt import lake, storage
 from msmt.settings import Settings
@@ -32,6 +31,7 @@ class DayPlan:
     ds: str  # the run day: newest raw logs
     sample_ds: str  # labels matured: built, and held out for evaluation
     train_days: tuple[str, ...]  # sample days the challenger learns from
+    rebuild: bool = False  # rebuild the training days' samples and features from raw logs (after an upstream fix)
 
     @property
     def feature_days(self) -> tuple[str, ...]:
@@ -47,7 +47,14 @@ class DayPlan:
         return {**asdict(self), "train_days": list(self.train_days)}
 
 
-def plan_day(settings: Settings, ds: str) -> DayPlan:
+def plan_day(
+    settings: Settings, ds: str, rebuild: bool = False, model: str | None = None, overrides: dict | None = None
+) -> DayPlan:
+    """The days a run for `ds` reads and writes; with `model`, its `overrides` are validated first (before any work)."""
+    if model is not None:
+        from training.hparams import check_overrides
+
+        check_overrides(model, overrides or {})
     sample_ds = lake.shift(ds, -settings.attribution_window_days)
     train_days = tuple(lake.days_between(lake.shift(sample_ds, -settings.train_days), settings.train_days))
     log.info(
@@ -57,11 +64,18 @@ def plan_day(settings: Settings, ds: str) -> DayPlan:
         settings.attribution_window_days,
         ", ".join(train_days),
     )
-    return DayPlan(ds=ds, sample_ds=sample_ds, train_days=train_days)
+    return DayPlan(ds=ds, sample_ds=sample_ds, train_days=train_days, rebuild=rebuild)
 
 
-def _missing(days: tuple[str, ...], path_of) -> list[str]:
-    return [d for d in days if not Path(path_of(d)).exists()]
+def samples_checked(settings: Settings, day: str) -> bool:
+    """A sample day counts as built only once its samples check passed (stored result, success)."""
+    uri = lake.check_result(settings, "samples", day)
+    return storage.exists(settings, uri) and storage.read_json(settings, uri).get("success") is True
+
+
+def _to_build(plan: DayPlan, built) -> list[str]:
+    """Training days to (re)build, oldest first, then the sample day (always rebuilt)."""
+    return [*(d for d in plan.train_days if plan.rebuild or not built(d)), plan.sample_ds]
 
 
 def check_raw_logs(settings: Settings, plan: DayPlan) -> dict:
@@ -72,13 +86,19 @@ def check_raw_logs(settings: Settings, plan: DayPlan) -> dict:
 
 
 def build_samples(settings: Settings, plan: DayPlan) -> dict:
-    """Build the sample day (always, idempotently) and any training day still missing."""
+    """Build the sample day (always, idempotently) and every training day not built and checked yet.
+
+    A day's stored samples check is removed before the day is rebuilt: until
+    `check_samples` passes on the new partition, the day does not count as built.
+    """
     from spark_jobs import build_samples as job
     from spark_jobs.common import get_spark
 
     spark = get_spark(settings)
-    catch_up = _missing(plan.train_days, lambda d: lake.samples(settings, d))
-    stats = {d: job.run(spark, settings, d) for d in [*catch_up, plan.sample_ds]}
+    stats = {}
+    for day in _to_build(plan, lambda d: samples_checked(settings, d)):
+        storage.remove(settings, lake.check_result(settings, "samples", day))
+        stats[day] = job.run(spark, settings, day)
     return {"built": list(stats), "stats": stats[plan.sample_ds]}
 
 
@@ -88,16 +108,17 @@ def build_features(settings: Settings, plan: DayPlan) -> dict:
     from spark_jobs.common import get_spark
 
     spark = get_spark(settings)
-    missing = _missing(plan.train_days, lambda d: lake.features(settings, "user_stats", d))
-    for d in [*missing, plan.sample_ds]:
-        job.run(spark, settings, d)
-    return {"built": [*missing, plan.sample_ds]}
+    days = _to_build(plan, lambda d: storage.exists(settings, lake.features(settings, "user_stats", d)))
+    for day in days:
+        job.run(spark, settings, day)
+    return {"built": days}
 
 
-def check_samples(settings: Settings, plan: DayPlan) -> dict:
+def check_samples(settings: Settings, plan: DayPlan, built: list[str]) -> dict:
+    """Great Expectations on every sample day this run built, oldest first; the first failure stops the run."""
     from spark_jobs.checks import check_samples as check
 
-    return check(settings, plan.sample_ds)
+    return {day: check(settings, day)["success"] for day in sorted(built or [plan.sample_ds])}
 
 
 def publish_features(settings: Settings, plan: DayPlan) -> dict:
@@ -157,5 +178,5 @@ def promote_model(settings: Settings, decision: dict, promote: bool) -> dict:
 
     if not promote:
         log.info("promote=False (experiment or backfill): the champion alias stays where it is")
-        return {"moved": False, "reason": "promotion disabled for this run"}
+        return {"promoted": False, "reason": "promotion disabled for this run (promote=false)"}
     return move_alias(settings, decision)

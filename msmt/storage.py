@@ -79,6 +79,15 @@ def list_keys(settings: Settings, prefix_uri: str) -> list[str]:
     return sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
+def remove(settings: Settings, uri: str) -> None:
+    """Delete one object if it is there."""
+    if is_s3(uri):
+        bucket, key = _split(uri)
+        s3(settings).delete_object(Bucket=bucket, Key=key)
+        return
+    Path(uri).unlink(missing_ok=True)
+
+
 def remove_prefix(settings: Settings, prefix_uri: str) -> None:
     """Delete a partition before it is rewritten (what makes re-running a day idempotent)."""
     if is_s3(prefix_uri):

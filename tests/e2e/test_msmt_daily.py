@@ -42,18 +42,6 @@ def _alias(settings, name: str) -> str | None:
     return None if name not in aliases else str(aliases[name])
 
 
-def _gate_report(settings, ds: str) -> str:
-    from msmt.demo import gate_summary
-
-    return gate_summary(settings, ds)
-
-
-def _task_states(ds: str) -> dict[str, str]:
-    from msmt.demo import task_durations
-
-    return {task: state for task, _, state in task_durations(ds)}
-
-
 def _sample_rows(settings, ds: str) -> set[tuple]:
     table = pds.dataset(lake.samples(settings, ds), partitioning="hive").to_table()
     return set(zip(*(table[c].to_pylist() for c in ("impression_id", "click", "conversion", "scenario")), strict=True))
@@ -61,8 +49,8 @@ def _sample_rows(settings, ds: str) -> set[tuple]:
 
 @pytest.fixture(scope="module")
 def day1(world):
-    state = orchestration.run_daily(world, DAY1)
-    return state, _sample_rows(world, plan_day(world, DAY1).sample_ds)
+    outcome = orchestration.run_daily(world, DAY1)
+    return outcome, _sample_rows(world, plan_day(world, DAY1).sample_ds)
 
 
 @pytest.fixture(scope="module")
@@ -71,19 +59,20 @@ def day2(world, day1):
 
 
 def test_day1_accounts_for_every_impression_and_crowns_a_champion(world, day1):
-    state, rows = day1
-    assert state == "success", _task_states(DAY1)
+    outcome, rows = day1
+    assert outcome.state == "success", outcome.tasks
     sample_ds = plan_day(world, DAY1).sample_ds
     raw = pq.read_table(lake.raw(world, "impressions", sample_ds)).num_rows
     quarantined = pds.dataset(lake.quarantine(world, sample_ds), partitioning="hive").to_table()
     from_impressions = quarantined.filter(pds.field("source") == "impressions").num_rows
     assert from_impressions > 0  # the simulator injects malformed rows
     assert len(rows) + from_impressions == raw
-    assert _alias(world, "champion") is not None, _gate_report(world, DAY1)
+    assert _alias(world, "champion") is not None, orchestration.run_summary(outcome)
+    assert f"PROMOTED v{_alias(world, 'champion')} to champion" in orchestration.run_summary(outcome)
 
 
 def test_day2_logs_the_full_gate_matrix(world, day2):
-    assert day2 == "success", _task_states(DAY2)
+    assert day2.state == "success", day2.tasks
     client = _client(world)
     version = client.get_model_version(
         world.registered_model,
@@ -106,7 +95,7 @@ def test_day2_logs_the_full_gate_matrix(world, day2):
 
 def test_rerunning_day1_is_idempotent_and_keeps_aliases_sound(world, day1, day2):
     _, rows_before = day1
-    assert orchestration.run_daily(world, DAY1) == "success"
+    assert orchestration.run_daily(world, DAY1).state == "success"
     assert _sample_rows(world, plan_day(world, DAY1).sample_ds) == rows_before
     champion = _alias(world, "champion")
     client = _client(world)
@@ -121,9 +110,44 @@ def test_schema_broken_day_stops_before_training(world, day2):
     table = pq.read_table(path)
     pq.write_table(table.rename_columns(["uid" if c == "user_id" else c for c in table.column_names]), path)
 
-    assert orchestration.run_daily(world, BROKEN_DAY) == "failed"
-    states = _task_states(BROKEN_DAY)
-    assert states["check_raw_logs"] == "failed"
-    assert states["train_model"] == "upstream_failed"
+    outcome = orchestration.run_daily(world, BROKEN_DAY)
+    assert outcome.state == "failed"
+    assert outcome.tasks["check_raw_logs"] == "failed"
+    assert outcome.tasks["train_model"] == "upstream_failed"
     assert _alias(world, "champion") == champion_before
     assert len(_client(world).search_model_versions(f"name='{world.registered_model}'")) == versions_before
+
+
+def _tries(run_id: str, task_id: str) -> int:
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return session.query(TaskInstance.try_number).filter_by(run_id=run_id, task_id=task_id).scalar()
+
+
+def test_a_corrupt_file_stops_a_rerun_at_once_and_its_summary_is_its_own(world, day2):
+    """A re-run of a day that once passed the gate: its stored gate report must not speak for this run."""
+    champion_before = _alias(world, "champion")
+    path = Path(lake.raw(world, "clicks", DAY2), "part-0.parquet")
+    original = path.read_bytes()
+    path.write_bytes(original[: len(original) // 2])  # truncated mid-upload
+    try:
+        outcome = orchestration.run_daily(world, DAY2)
+    finally:
+        path.write_bytes(original)
+    assert outcome.state == "failed" and outcome.failed_task == "check_raw_logs", outcome.tasks
+    assert _tries(outcome.run_id, "check_raw_logs") == 1  # deterministic: no retry
+    summary = orchestration.run_summary(outcome)
+    assert "stopped before the gate: check_raw_logs failed" in summary and str(path) in summary
+    assert "PROMOTED" not in summary and "decision" not in summary
+    assert Path(lake.gate_report(world, plan_day(world, DAY2).sample_ds)).exists()  # the earlier run's report
+    assert _alias(world, "champion") == champion_before
+
+
+def test_a_bad_override_stops_the_run_in_plan_day(world, day2):
+    outcome = orchestration.run_daily(world, DAY2, {"overrides": {"n_expertz": 4}})
+    assert outcome.failed_task == "plan_day" and outcome.tasks["check_raw_logs"] == "upstream_failed"
+    assert _tries(outcome.run_id, "plan_day") == 1
+    summary = orchestration.run_summary(outcome)
+    assert "unknown override(s) n_expertz for mmoe" in summary and "n_experts" in summary

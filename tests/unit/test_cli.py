@@ -41,3 +41,30 @@ def test_training_without_a_training_set_says_how_to_build_it(tmp_path, monkeypa
         assert result.exit_code == 2, result.output
         assert "no training set for the run of 2026-03-09" in result.output
         assert "msmt run --ds 2026-03-09" in result.output
+
+
+def test_a_day_before_the_dags_start_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    """Imported 2024 logs: Airflow would run no task for a day before msmt_daily's start_date."""
+    monkeypatch.setenv("MSMT_HOME", str(tmp_path))
+    result = runner.invoke(app, ["run", "--ds", "2024-01-07"])
+    assert result.exit_code == 2, result.output
+    assert "msmt_daily starts on 2026-01-01" in result.output
+    assert "export MSMT_DAG_START=2024-01-07" in result.output
+    assert not (tmp_path / "airflow" / "airflow.db").exists()  # refused before any work
+
+
+def test_a_typo_in_set_is_refused_before_any_work_with_the_valid_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSMT_HOME", str(tmp_path))
+    for command in (["run", "--ds", "2026-03-09"], ["train", "--ds", "2026-03-09"]):
+        result = runner.invoke(app, [*command, "--model", "ple", "--set", "n_expert=4"])
+        assert result.exit_code == 2, result.output
+        assert "unknown override(s) n_expert for ple" in result.output
+        assert "n_shared_experts" in result.output and "lr" in result.output  # the valid keys of both configs
+    assert not (tmp_path / "airflow" / "airflow.db").exists()
+
+
+def test_a_wrongly_typed_override_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSMT_HOME", str(tmp_path))
+    result = runner.invoke(app, ["run", "--ds", "2026-03-09", "--set", "epochs=two"])
+    assert result.exit_code == 2, result.output
+    assert "epochs='two'" in result.output and "expected int" in result.output
