@@ -9,9 +9,10 @@ shared by every adapter (the adapters' docstrings add theirs):
 - Time. The public files carry no timestamps. Each row gets a synthetic one from its place in its
   stream: `ts = start + frac · days · 24 h`, `frac` = row index / rows of the stream (an adapter
   decides what a stream is: one country's files for AliExpress, the whole release for Ali-CCP, so
-  every scenario covers every day). Time is monotone in file order, so a release split
-  "along the time sequence" (train, then test) keeps its order when the files are given in that
-  order. Every row of a request takes the time of the request's first row.
+  every scenario covers every day; AliExpress places a row by its search's slot in its file, see
+  there). Time is monotone in file order, so a release split "along the time sequence" (train,
+  then test) keeps its order when the files are given in that order. Every row of a request takes
+  the time of the request's first row.
 - Position: the 0-based order of the row among the rows of its request seen so far in the stream.
 - Ids: user / item / request keys are strings; user_id and item_id are `stable_hash` of them
   (blake2b-64 masked to a non-negative int64: deterministic across processes and machines).
@@ -26,8 +27,14 @@ shared by every adapter (the adapters' docstrings add theirs):
   to the last microsecond of the impression's day, so every event lands in its impression's
   partition and well inside any attribution window (never before the event it follows).
 - Malformed rows are counted per reason (with a few examples) in the report and skipped, never fatal.
-- Idempotent: the writer first deletes the `days` partitions of every raw table (and of `truth`,
-  which only the simulator writes), so a re-run replaces them. Import every scenario in one call.
+  A wrong input is fatal: a file whose header or first line is not the adapter's layout is refused
+  before anything is written (`ImportRefused` says what differs and which layouts are supported),
+  and so is an import that yields no impression at all.
+- Nothing destroyed before the input is read: the writer stages every partition under
+  `<lake>/_staging/import-<token>/` and only when the last row is parsed swaps them in, day by day,
+  replacing the `days` partitions of every raw table (and of `truth`, which only the simulator
+  writes). An error on the way discards the staging, so the lake stays as it was; a re-run replaces
+  the days (idempotent). Import every scenario in one call.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import re
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from msmt import lake, storage
+from msmt.errors import StopRun
 from msmt.schemas import CLICKS, CONVERSIONS, IMPRESSIONS
 from msmt.settings import Settings
 
@@ -60,6 +70,55 @@ CLICK_DELAY_S = (2, 300)  # click this long after its impression (deterministic 
 CONVERSION_DELAY_S = (60, 3600)  # conversion this long after its click
 MAX_EXAMPLES = 5  # malformed examples kept per reason
 _MASK63 = np.uint64(2**63 - 1)
+
+# what a file's first line can be, in words (`shape`); the error for a wrong file names what it found
+CCP_SKELETON_ROW = (
+    "a raw Ali-CCP sample_skeleton row (sample_id,click,buy,common_feature_index,feature_num,feature_list)"
+)
+CCP_COMMON_ROW = "a raw Ali-CCP common_features row (common_feature_index,feature_num,feature_list)"
+CCP_PROCESSED = "the processed Ali-CCP CSV header (click,purchase,101,121,…,301,…), a layout not supported yet"
+AE_PROCESSED = "a processed AliExpress CSV header (search_id,categorical_1,…,click,conversion)"
+SUPPORTED_LAYOUTS = (
+    "the raw Ali-CCP release (msmt import aliccp): sample_skeleton_<split>.csv + common_features_<split>.csv "
+    "pairs without header, skeleton rows sample_id,click,buy,common_feature_index,feature_num,feature_list",
+    "the processed AliExpress CSVs in MTReclib's layout (msmt import aliexpress): AliExpress_<CC>/train.csv, "
+    "test.csv with the header search_id,categorical_1..16,numerical_1..63,click,conversion",
+)
+_FEATURE_LIST = re.compile(r"[^,\x01\x02\x03]+\x02")  # a feature_list starts with `field\x02`
+
+
+class ImportRefused(StopRun, ValueError):
+    """The input cannot be imported as given (wrong layout, unreadable, nothing usable): the lake is unchanged."""
+
+
+def refuse(path: Path | str, problem: str) -> ImportRefused:
+    """The error for a file in no layout an adapter reads: what differs, then what is supported."""
+    layouts = "; ".join(f"({i}) {text}" for i, text in enumerate(SUPPORTED_LAYOUTS, 1))
+    return ImportRefused(f"{path}: {problem}. Supported layouts: {layouts}")
+
+
+def first_line(path: Path) -> str:
+    """The first line of a file (at most 1 MiB of it), without its line break; "" for an empty file."""
+    with open(path, "rb") as f:
+        return f.readline(1 << 20).decode("utf-8", "replace").rstrip("\r\n")
+
+
+def shape(line: str) -> str:
+    """What a first line is: one of the known layouts' first lines, else its first fields (for the error)."""
+    if not line.strip():
+        return "an empty line (is the file empty?)"
+    names = {field.strip() for field in line.split(",")}
+    if {"search_id", "click", "conversion"} <= names:
+        return AE_PROCESSED
+    if {"click", "purchase", "301"} <= names:
+        return CCP_PROCESSED
+    row = line.split(",", 5)
+    if len(row) == 6 and {row[1], row[2]} <= {"0", "1"} and row[4].isdigit() and _FEATURE_LIST.match(row[5]):
+        return CCP_SKELETON_ROW
+    row = line.split(",", 2)
+    if len(row) == 3 and row[1].isdigit() and _FEATURE_LIST.match(row[2]):
+        return CCP_COMMON_ROW
+    return f"{line.count(',') + 1} comma-separated fields starting {line[:80]!r}"
 
 
 def stable_hash(values: pa.Array | pa.ChunkedArray | Sequence[str]) -> np.ndarray:
@@ -112,7 +171,12 @@ class Batch:
 
 
 class RawWriter:
-    """Turns Batches into raw partitions for `days` days from `start`; collects the import report."""
+    """Turns Batches into raw partitions for `days` days from `start`; collects the import report.
+
+    Use it as a context manager and end with `close`: batches are staged under
+    `<lake>/_staging/import-<token>/`, `close` swaps them into the lake, and leaving the block
+    (an error, a refused input) removes the staging, so the lake only ever changes in `close`.
+    """
 
     def __init__(
         self,
@@ -138,9 +202,13 @@ class RawWriter:
         self.examples: dict[str, list[str]] = {}
         self.skipped: Counter[str] = Counter()  # rows of scenarios left out by `scenarios`
         self.rows_read = 0
-        for ds in self.days:
-            for name in (*lake.RAW_TABLES, "truth"):
-                storage.remove_prefix(settings, lake.raw(settings, name, ds))
+        self.staging = lake.table(settings, f"_staging/import-{uuid.uuid4().hex}")
+
+    def __enter__(self) -> RawWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        storage.remove_prefix(self.settings, self.staging)
 
     # --- adapters report what they could not parse ---------------------------------------------------
     def reject(self, reason: str, example: str = "") -> None:
@@ -220,11 +288,27 @@ class RawWriter:
             self.per_scenario.setdefault(name, Counter()).update({k: int(v) for k, v in sums.items()})
 
     def close(self) -> dict:
-        """Give every day an (empty if need be) partition of each table; return the import report."""
+        """Give every day an (empty if need be) partition of each table, swap them in; return the import report.
+
+        An import without a single impression is refused rather than swapped in: it would replace
+        the days' logs with empty partitions, and its input was not what it claimed to be.
+        """
         for ds in self.days:
             for name, schema in (("impressions", IMPRESSIONS), ("clicks", CLICKS), ("conversions", CONVERSIONS)):
                 if not self._parts[(name, ds)]:
                     self._write(name, ds, schema.empty_table(), force=True)
+        report = self._report()
+        if not report["totals"]["impressions"]:
+            raise ImportRefused(
+                f"no impression imported from {report['rows_read']} rows read "
+                f"(malformed: {report['malformed'] or 'none'}, left out by --scenarios: "
+                f"{report['skipped_scenarios'] or 'none'})"
+            )
+        self._publish()
+        return report
+
+    # --- internals -------------------------------------------------------------------------------------
+    def _report(self) -> dict:
         order = self.selected or sorted(self.per_scenario, key=lambda s: (-self.per_scenario[s]["impressions"], s))
         return {
             "days": {ds: {name: self.counts[name][ds] for name in self.counts} for ds in self.days},
@@ -237,7 +321,25 @@ class RawWriter:
             "msmt_scenarios": ",".join(order),
         }
 
-    # --- internals -------------------------------------------------------------------------------------
+    def _publish(self) -> None:
+        """Replace each day's raw partitions (and `truth`) by the staged ones, one day at a time.
+
+        Copied through `storage`, so it is the same on a local lake and on S3. Parsing is over by
+        then; a failure inside this loop leaves the days before it new, the days after it old, and
+        only the day being copied partly replaced.
+        """
+        for ds in self.days:
+            for name in (*lake.RAW_TABLES, "truth"):
+                storage.remove_prefix(self.settings, lake.raw(self.settings, name, ds))
+            for name in lake.RAW_TABLES:
+                for k in range(self._parts[(name, ds)]):
+                    data = storage.read_bytes(self.settings, self._staged(name, ds, k))
+                    storage.write_bytes(self.settings, f"{lake.raw(self.settings, name, ds)}/part-{k}.parquet", data)
+            storage.remove_prefix(self.settings, f"{self.staging}/ds={ds}")
+
+    def _staged(self, name: str, ds: str, k: int) -> str:
+        return f"{self.staging}/ds={ds}/{name}/part-{k}.parquet"
+
     def _place(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Synthetic ts (the request's first row's) and position (order within the request) per row."""
         row_ts = self.start_us + np.minimum((batch.frac * self.span_us).astype(np.int64), self.span_us - 1)
@@ -257,8 +359,7 @@ class RawWriter:
     def _write(self, name: str, ds: str, table: pa.Table, force: bool = False) -> None:
         if not table.num_rows and not force:
             return
-        k = self._parts[(name, ds)]
-        storage.write_parquet(self.settings, f"{lake.raw(self.settings, name, ds)}/part-{k}.parquet", table)
+        storage.write_parquet(self.settings, self._staged(name, ds, self._parts[(name, ds)]), table)
         self._parts[(name, ds)] += 1
         self.counts[name][ds] += table.num_rows
 

@@ -28,6 +28,9 @@ common row with the same index holds the user fields (101 user id, 121–129 pro
   205 / 301 (missing_item_id / missing_scenario), an index absent from the common file
   (unknown_common_feature_index); common rows: common_* reasons. Both files are streamed line by
   line; only (user id, segment) per common index is kept in memory.
+- Refused before anything is written (`ImportRefused`): a file whose first line is not a raw row of
+  its kind (a header, the processed Ali-CCP CSV `click,purchase,101,…`, an AliExpress CSV, an
+  empty or cut file); a path that is not a sample_skeleton_<split>.csv or a directory holding one.
 """
 
 from __future__ import annotations
@@ -39,7 +42,16 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from msmt.importers import Batch, RawWriter, count_lines
+from msmt.importers import (
+    CCP_COMMON_ROW,
+    CCP_SKELETON_ROW,
+    Batch,
+    RawWriter,
+    count_lines,
+    first_line,
+    refuse,
+    shape,
+)
 from msmt.settings import Settings
 
 SKELETON = "sample_skeleton_"
@@ -60,9 +72,12 @@ def discover(paths: Sequence[Path]) -> list[tuple[str, Path, Path]]:
         if path.is_dir():
             skeletons = sorted(path.glob(f"{SKELETON}*.csv"), key=_split_order)
             if not skeletons:
-                raise FileNotFoundError(f"no {SKELETON}*.csv in {path}")
-        elif path.exists() and path.name.startswith(SKELETON):
+                found = [f"{f.name} starts with {shape(first_line(f))}" for f in sorted(path.glob("*.csv"))[:3]]
+                raise refuse(path, f"no {SKELETON}*.csv in it" + "".join(f"; {text}" for text in found))
+        elif path.is_file() and path.name.startswith(SKELETON):
             skeletons = [path]
+        elif path.is_file():
+            raise refuse(path, f"not named {SKELETON}<split>.csv; it starts with {shape(first_line(path))}")
         else:
             raise FileNotFoundError(f"not a directory or {SKELETON}<split>.csv file: {path}")
         for skeleton in skeletons:
@@ -72,6 +87,15 @@ def discover(paths: Sequence[Path]) -> list[tuple[str, Path, Path]]:
                 raise FileNotFoundError(f"{skeleton} has no {common.name} beside it")
             pairs.append((split, skeleton, common))
     return pairs
+
+
+def check_layout(pairs: Sequence[tuple[str, Path, Path]]) -> None:
+    """Refuse a pair whose files do not start with a raw row of their kind: before the lake is touched."""
+    for _, skeleton, common in pairs:
+        for path, expected in ((skeleton, CCP_SKELETON_ROW), (common, CCP_COMMON_ROW)):
+            found = shape(first_line(path))
+            if found != expected:
+                raise refuse(path, f"its first line should be {expected}; it is {found}")
 
 
 def import_aliccp(
@@ -86,18 +110,19 @@ def import_aliccp(
 ) -> dict:
     """Import Ali-CCP splits into raw partitions for `days` days from `start`; returns the report."""
     pairs = discover(paths)
-    writer = RawWriter(settings, start, days, device=device, scenarios=scenarios)
+    check_layout(pairs)
     sizes = [count_lines(skeleton) for _, skeleton, _ in pairs]
     total = max(sum(sizes), 1)
     offset = 0
-    for (split, skeleton, common), size in zip(pairs, sizes, strict=True):
-        users = _read_common(common, writer, progress)
-        with tqdm(total=size, desc=f"aliccp {split}", unit="row", disable=not progress) as bar:
-            for batch in _batches(skeleton, split, users, writer, offset, total, batch_rows):
-                writer.add(batch)
-                bar.update(len(batch))
-        offset += size
-    return writer.close()
+    with RawWriter(settings, start, days, device=device, scenarios=scenarios) as writer:
+        for (split, skeleton, common), size in zip(pairs, sizes, strict=True):
+            users = _read_common(common, writer, progress)
+            with tqdm(total=size, desc=f"aliccp {split}", unit="row", disable=not progress) as bar:
+                for batch in _batches(skeleton, split, users, writer, offset, total, batch_rows):
+                    writer.add(batch)
+                    bar.update(len(batch))
+            offset += size
+        return writer.close()
 
 
 def first_feature(features: str, field: str) -> str | None:

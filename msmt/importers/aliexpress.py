@@ -19,8 +19,15 @@ found by name, so extra or missing numerical columns do not matter. Assumptions 
   (or `aliexpress_<cc>`) component of the path, or given with `scenario=`.
 - A stream (for synthetic time, see `msmt.importers`) is one country's files in the order given; a
   directory contributes train.csv then test.csv (the release splits them along time), else its
-  *.csv sorted by name.
-- request_id = "ae-<cc>-<search_id>"; position = row order within the search.
+  *.csv sorted by name. Within a file, searches are laid end to end in order of first appearance,
+  each taking as many row slots as it has rows; a search's time is its first slot. A search whose
+  rows are scattered over the file thus takes one place in time, not its first row's, and every
+  day gets its share of the rows (± one search). A first pass over each file (the layout's
+  columns only) counts the rows per search; it also reads every row before any is written.
+- request_id = "ae-<cc>-<file stem>-<search_id>"; position = row order within the search. The file
+  is part of the key because the processed files re-encode search ids per split (small integers,
+  the same numbers in train.csv and test.csv): keyed by id alone, a test search joined the train
+  search of the same number and took its time, which piled the test rows onto the first days.
 - The release has no user or item id. user_id = stable hash of the country and the user/query
   categorical columns (`user_columns`, default categorical_1..9): a pseudo-user, i.e. a profile
   cluster. item_id = stable hash of the country and the item categorical columns (`item_columns`,
@@ -32,23 +39,30 @@ found by name, so extra or missing numerical columns do not matter. Assumptions 
 - Malformed: a line with the wrong number of fields (bad_column_count), an empty search_id
   (missing_search_id), a label other than 0/1 (bad_label), conversion without click
   (conversion_without_click). The CSV is streamed in blocks with pyarrow, never loaded whole.
+- Refused before anything is written (`ImportRefused`): a file without the layout's columns (an
+  empty file, another release), with a header and no data row, or whose first data row does not
+  have the header's number of fields; two files of one scenario with the same name (their ids
+  would collide). A CSV pyarrow cannot read half-way (e.g. invalid UTF-8) is refused when met, and
+  nothing is swapped into the lake.
 """
 
 from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 from tqdm import tqdm
 
-from msmt.importers import Batch, RawWriter, count_lines
+from msmt.importers import Batch, ImportRefused, RawWriter, first_line, refuse, shape
 from msmt.settings import Settings
 
 _COUNTRY = re.compile(r"aliexpress_([a-z]{2})(?![a-z])", re.IGNORECASE)
@@ -85,6 +99,19 @@ class AliExpressLayout:
         return list(dict.fromkeys(wanted))
 
 
+@dataclass(frozen=True)
+class SearchSlots:
+    """One file's searches laid end to end in order of first appearance: where each starts, in rows."""
+
+    searches: pd.Index
+    start: np.ndarray
+    rows: int
+
+    def of(self, search: pa.Array) -> np.ndarray:
+        """Start slot of each row's search (every search of the file was counted)."""
+        return self.start[self.searches.get_indexer(search.to_numpy(zero_copy_only=False))]
+
+
 def scenario_of(path: Path) -> str | None:
     """Country code of an `AliExpress_<CC>` path component, lower case; None if there is none."""
     for part in reversed(path.resolve().parts):
@@ -109,8 +136,12 @@ def discover(paths: Sequence[Path], scenario: str | None = None) -> dict[str, li
             raise FileNotFoundError(f"no CSV file in {path}")
         name = scenario or scenario_of(path)
         if name is None:
-            raise ValueError(f"cannot tell the country of {path}: name it AliExpress_<CC> or pass a scenario")
+            raise ImportRefused(f"cannot tell the country of {path}: name it AliExpress_<CC> or pass a scenario")
         streams.setdefault(name, []).extend(files)
+    for name, files in streams.items():
+        twice = [stem for stem, n in Counter(f.stem for f in files).items() if n > 1]
+        if twice:
+            raise ImportRefused(f"scenario {name} has more than one {twice[0]}.csv: their ids would collide")
     return streams
 
 
@@ -129,42 +160,51 @@ def import_aliexpress(
     layout = layout or AliExpressLayout()
     streams = discover(paths, scenario)
     for path in (f for files in streams.values() for f in files):  # fail before touching the lake
-        _check_header(path, layout)
-    writer = RawWriter(settings, start, days, device=device, scenarios=scenarios)
-    for name, files in streams.items():
-        sizes = [max(count_lines(f) - 1, 0) for f in files]  # minus the header
-        total = max(sum(sizes), 1)
-        offset = 0
-        with tqdm(total=total, desc=f"aliexpress {name}", unit="row", disable=not progress) as bar:
-            for path, size in zip(files, sizes, strict=True):
-                for batch in _batches(path, name, layout, writer, offset, total):
-                    writer.add(batch)
-                    bar.update(len(batch))
-                offset += size
-    return writer.close()
+        _check_layout(path, layout)
+    with RawWriter(settings, start, days, device=device, scenarios=scenarios) as writer:
+        for name, files in streams.items():
+            slots = [count_searches(f, layout) for f in files]
+            total = max(sum(s.rows for s in slots), 1)
+            offset = 0
+            with tqdm(total=total, desc=f"aliexpress {name}", unit="row", disable=not progress) as bar:
+                for path, file_slots in zip(files, slots, strict=True):
+                    for batch in _batches(path, name, layout, writer, file_slots, offset, total):
+                        writer.add(batch)
+                        bar.update(len(batch))
+                    offset += file_slots.rows
+        return writer.close()
+
+
+def count_searches(path: Path, layout: AliExpressLayout) -> SearchSlots:
+    """Rows per search of one file, searches in order of first appearance (malformed lines skipped here)."""
+    rows: dict[str, int] = {}
+    for record in _records(path, layout, lambda _: "skip"):
+        codes, searches = pd.factorize(_search(record, layout).to_numpy(zero_copy_only=False))
+        for search, n in zip(searches.tolist(), np.bincount(codes).tolist(), strict=True):
+            rows[search] = rows.get(search, 0) + n
+    sizes = np.fromiter(rows.values(), dtype=np.int64, count=len(rows))
+    return SearchSlots(pd.Index(list(rows), dtype=object), np.cumsum(sizes) - sizes, int(sizes.sum()))
 
 
 def _batches(
-    path: Path, scenario: str, layout: AliExpressLayout, writer: RawWriter, offset: int, total: int
+    path: Path,
+    scenario: str,
+    layout: AliExpressLayout,
+    writer: RawWriter,
+    slots: SearchSlots,
+    offset: int,
+    total: int,
 ) -> Iterator[Batch]:
     """Stream one CSV as Batches; malformed rows go to `writer.reject`."""
     where = f"{path.name}"
 
-    def on_invalid(row) -> str:
+    def on_invalid(row: pv.InvalidRow) -> str:
         writer.reject("bad_column_count", f"{where}:{row.number}: {row.text}")
         return "skip"
 
-    seen = 0  # well-formed data rows so far: numbers the impressions and places them in time
-    reader = pv.open_csv(
-        path,
-        read_options=pv.ReadOptions(block_size=layout.block_size),
-        parse_options=pv.ParseOptions(invalid_row_handler=on_invalid),
-        convert_options=pv.ConvertOptions(
-            include_columns=layout.columns, column_types=dict.fromkeys(layout.columns, pa.string())
-        ),
-    )
+    seen = 0  # well-formed data rows so far: numbers the impressions
     prefix = f"ae-{scenario}-{path.stem}-"
-    for record in reader:
+    for record in _records(path, layout, on_invalid):
         n = record.num_rows
         if not n:
             continue
@@ -172,10 +212,10 @@ def _batches(
         index = np.arange(first, first + n)
         column = record.column
         click_s, conv_s = column(layout.click_column), column(layout.conversion_column)
-        request = column(layout.request_column)
+        request = _search(record, layout)
         labels_ok = _is_in(click_s, _LABELS) & _is_in(conv_s, _LABELS)
         click, conversion = _is_in(click_s, _TRUE), _is_in(conv_s, _TRUE)
-        has_request = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(request)), 0).to_numpy(zero_copy_only=False)
+        has_request = pc.greater(pc.utf8_length(request), 0).to_numpy(zero_copy_only=False)
         reasons = np.where(
             ~has_request,
             "missing_search_id",
@@ -189,10 +229,10 @@ def _batches(
             record = record.take(pa.array(good))
             column = record.column
             click, conversion, index = click[good], conversion[good], index[good]
-            request = column(layout.request_column)
+            request = request.take(pa.array(good))
         yield Batch(
             impression_id=pa.array([f"{prefix}{k}" for k in index.tolist()], pa.string()),
-            request_key=pc.binary_join_element_wise(f"ae-{scenario}-", pc.utf8_trim_whitespace(request), ""),
+            request_key=pc.binary_join_element_wise(prefix, request, ""),
             scenario=pa.array(np.full(len(good), scenario, dtype=object), pa.string()),
             user_key=_joined(record, scenario, layout.user_columns),
             item_key=_joined(record, scenario, layout.item_columns),
@@ -201,16 +241,46 @@ def _batches(
             price_key=column(layout.price_column),
             click=click,
             conversion=conversion,
-            frac=(offset + index) / total,
+            frac=(offset + slots.of(request)) / total,
         )
 
 
-def _check_header(path: Path, layout: AliExpressLayout) -> None:
-    with open(path, newline="", encoding="utf-8") as f:
-        header = [name.strip() for name in next(csv.reader(f), [])]
+def _records(
+    path: Path, layout: AliExpressLayout, on_invalid: Callable[[pv.InvalidRow], str]
+) -> Iterator[pa.RecordBatch]:
+    """The layout's columns of one CSV, block by block; a block pyarrow cannot read refuses the file."""
+    try:
+        yield from pv.open_csv(
+            path,
+            read_options=pv.ReadOptions(block_size=layout.block_size),
+            parse_options=pv.ParseOptions(invalid_row_handler=on_invalid),
+            convert_options=pv.ConvertOptions(
+                include_columns=layout.columns, column_types=dict.fromkeys(layout.columns, pa.string())
+            ),
+        )
+    except pa.ArrowInvalid as error:
+        raise ImportRefused(f"{path}: unreadable CSV ({error})") from error
+
+
+def _check_layout(path: Path, layout: AliExpressLayout) -> None:
+    """Refuse a file without the layout's columns, or whose first data row does not fit its header."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        rows = csv.reader(f)
+        header = [name.strip() for name in next(rows, [])]
+        row = next(rows, None)
     missing = [c for c in layout.columns if c not in header]
     if missing:
-        raise ValueError(f"{path}: missing columns {missing} (found {header[:5]}…); see AliExpressLayout")
+        listed = ", ".join(missing[:5]) + (f", … ({len(missing)} in all)" if len(missing) > 5 else "")
+        raise refuse(path, f"missing columns {listed}; its first line is {shape(first_line(path))}")
+    if row is None:
+        raise refuse(path, "a header and no data row (an empty or cut file?)")
+    if len(row) != len(header):
+        raise refuse(path, f"its first data row has {len(row)} fields, its header {len(header)}")
+
+
+def _search(record: pa.RecordBatch, layout: AliExpressLayout) -> pa.Array:
+    """The search id of each row, trimmed: what keys the request (with the file) and its time slot."""
+    return pc.utf8_trim_whitespace(record.column(layout.request_column))
 
 
 def _is_in(values: pa.Array, allowed: tuple[str, ...]) -> np.ndarray:

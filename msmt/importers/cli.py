@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from msmt.errors import StopRun
 from msmt.settings import Settings
 
 import_app = typer.Typer(help="Import a public MSMT dataset into the raw lake.", no_args_is_help=True)
@@ -27,13 +30,20 @@ def _split(value: str | None) -> tuple[str, ...] | None:
     return tuple(s.strip() for s in value.split(",") if s.strip()) if value else None
 
 
+@contextmanager
+def _refusal_exits() -> Iterator[None]:
+    """A refused input (wrong layout, nothing imported) prints why and exits 1: a message, not a traceback."""
+    try:
+        yield
+    except StopRun as refused:
+        typer.echo(f"error: {refused}\nthe lake is unchanged", err=True)
+        raise typer.Exit(code=1) from None
+
+
 def _finish(report: dict) -> None:
     from msmt.importers import run_hint
 
     typer.echo(json.dumps(report, indent=1, default=str))
-    if not report["totals"]["impressions"]:
-        typer.echo("no impression imported", err=True)
-        raise typer.Exit(code=1)
     typer.echo(f"\n# point the pipeline at the imported scenarios, then run it:\n{run_hint(report)}")
 
 
@@ -67,9 +77,11 @@ def aliexpress(
         layout = AliExpressLayout(**{**vars(layout), "user_columns": _split(user_columns)})
     if item_columns:
         layout = AliExpressLayout(**{**vars(layout), "item_columns": _split(item_columns)})
-    report = import_aliexpress(
-        _settings(), paths, start, days, scenario=scenario, scenarios=_split(scenarios), device=device, layout=layout
-    )
+    settings, keep = _settings(), _split(scenarios)
+    with _refusal_exits():
+        report = import_aliexpress(
+            settings, paths, start, days, scenario=scenario, scenarios=keep, device=device, layout=layout
+        )
     _finish(report)
 
 
@@ -84,4 +96,6 @@ def aliccp(
     """Ali-CCP (Tianchi 408) sample_skeleton_* + common_features_* pairs: field 301 is the scenario."""
     from msmt.importers.aliccp import import_aliccp
 
-    _finish(import_aliccp(_settings(), paths, start, days, scenarios=_split(scenarios), device=device))
+    with _refusal_exits():
+        report = import_aliccp(_settings(), paths, start, days, scenarios=_split(scenarios), device=device)
+    _finish(report)

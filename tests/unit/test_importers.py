@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from msmt import lake
-from msmt.importers import N_ITEM_CATEGORIES, N_USER_SEGMENTS, stable_hash
+from msmt.errors import StopRun
+from msmt.importers import N_ITEM_CATEGORIES, N_USER_SEGMENTS, aliccp, stable_hash
 from msmt.importers.aliccp import import_aliccp
-from msmt.importers.aliexpress import import_aliexpress
+from msmt.importers.aliexpress import AliExpressLayout, import_aliexpress
 from msmt.importers.cli import import_app
 from msmt.schemas import CLICKS, CONVERSIONS, IMPRESSIONS
 from msmt.settings import Settings
@@ -35,6 +37,20 @@ def _raw(settings: Settings, name: str) -> pd.DataFrame:
             assert table.schema.equals(SCHEMAS[name]), (name, ds, f.name)
             frames.append(table.to_pandas().assign(ds=ds))
     return pd.concat(frames, ignore_index=True)
+
+
+def _lake_bytes(settings: Settings) -> dict[str, bytes]:
+    """Every file under the lake, by path: what a refused import must leave exactly as it was."""
+    root = Path(settings.lake)
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def _assert_refused_with_layouts(error: StopRun) -> None:
+    """The refusal names both supported layouts, so the user knows what to bring instead."""
+    message = str(error)
+    assert "Supported layouts: (1) the raw Ali-CCP release" in message
+    assert "sample_skeleton_<split>.csv + common_features_<split>.csv" in message
+    assert "(2) the processed AliExpress CSVs" in message and "search_id,categorical_1..16" in message
 
 
 def _snapshot(settings: Settings) -> dict[str, pd.DataFrame]:
@@ -106,8 +122,8 @@ def test_aliexpress_partitions_follow_the_contract_and_the_labels(settings, alie
     for key, (_, rows) in aliexpress["files"].items():
         country, split = key.split("_")
         for k, row in enumerate(rows):
-            expected.append((f"ae-{country}-{split}-{k}", country, row[0], int(row[-2]), int(row[-1])))
-    truth = pd.DataFrame(expected, columns=["impression_id", "scenario", "search_id", "click", "conversion"])
+            expected.append((f"ae-{country}-{split}-{k}", country, split, row[0], int(row[-2]), int(row[-1])))
+    truth = pd.DataFrame(expected, columns=["impression_id", "scenario", "split", "search_id", "click", "conversion"])
     # one impression per well-formed row, one click per click label, one conversion per conversion label
     assert sorted(imps["impression_id"]) == sorted(truth["impression_id"])
     assert sorted(clicks["impression_id"]) == sorted(truth.loc[truth["click"] == 1, "impression_id"])
@@ -118,10 +134,12 @@ def test_aliexpress_partitions_follow_the_contract_and_the_labels(settings, alie
         "clicks": truth["click"].sum(),
         "conversions": len(converted),
     }
-    # scenario = country of the directory; request = country + search id
+    # scenario = country of the directory; request = country + file + search id
     merged = imps.merge(truth, on="impression_id", suffixes=("", "_src"))
     assert (merged["scenario"] == merged["scenario_src"]).all()
-    assert (merged["request_id"] == "ae-" + merged["scenario"] + "-" + merged["search_id"]).all()
+    assert (
+        merged["request_id"] == "ae-" + merged["scenario"] + "-" + merged["split"] + "-" + merged["search_id"]
+    ).all()
     assert report["msmt_scenarios"] == "nl,es"  # largest first
     # pseudo-ids: same user features → same user in a country; proxies inside the simulator's vocabularies
     assert imps["user_id"].min() >= 0 and imps["user_segment"].between(0, N_USER_SEGMENTS - 1).all()
@@ -188,6 +206,106 @@ def test_aliexpress_needs_a_country(settings, tmp_path):
     with pytest.raises(ValueError, match="missing columns"):  # checked before the lake is touched
         import_aliexpress(settings, [tmp_path / "data"], START, DAYS, scenario="xx", progress=False)
     assert len(_raw(settings, "impressions")) == report["totals"]["impressions"]
+
+
+def _published_like(root: Path, scattered: bool) -> dict[str, int]:
+    """Train + test shaped like the published processed files: search ids re-encoded per split (small ints,
+    the same numbers in both files, in no order), 1-11 rows a search, a few hundred rows a file; `scattered`
+    shuffles a file's rows so a search's rows are spread over it. Returns the rows per file."""
+    rng = np.random.default_rng(7)
+    sizes = {}
+    for split, n_search in (("train", 50), ("test", 40)):
+        rows = []
+        for search in rng.permutation(n_search):
+            user = [str(v) for v in rng.integers(0, 5, 9)]
+            for _ in range(int(rng.integers(1, 12))):
+                item = [str(v) for v in rng.integers(0, 30, 7)]
+                rows.append([str(search), *user, *item, "0.5", "1.5", str(int(rng.random() < 0.2)), "0"])
+        if scattered:
+            rows = [rows[k] for k in rng.permutation(len(rows))]
+        _write_csv(root / "AliExpress_NL" / f"{split}.csv", rows)
+        sizes[split] = len(rows)
+    return sizes
+
+
+@pytest.mark.parametrize("scattered", [False, True], ids=["contiguous", "scattered"])
+def test_aliexpress_days_get_a_fair_share_when_search_ids_repeat_across_files(settings, tmp_path, scattered):
+    sizes = _published_like(tmp_path, scattered)
+    days = 7
+    report = import_aliexpress(settings, [tmp_path / "AliExpress_NL"], START, days, progress=False)
+    per_day = [counts["impressions"] for counts in report["days"].values()]
+    fair = sum(sizes.values()) / days
+    assert sum(per_day) == sum(sizes.values()) and 300 <= sum(per_day) <= 700
+    # before: day 1 had 24% (contiguous) or 85% (scattered) of the rows, and the last days none
+    assert all(0.5 * fair <= n <= 1.5 * fair for n in per_day), per_day
+    # a search id of train.csv and the same number in test.csv are two requests
+    frames = []
+    for ds in report["days"]:
+        frames += [pq.read_table(f).to_pandas() for f in Path(lake.raw(settings, "impressions", ds)).glob("*.parquet")]
+    imps = pd.concat(frames, ignore_index=True)
+    imps["file"] = imps["impression_id"].str.split("-").str[2]
+    assert (imps.groupby("request_id")["file"].nunique() == 1).all()
+    assert imps["request_id"].nunique() == 50 + 40
+    assert (imps.groupby("request_id")["ts"].nunique() == 1).all()  # a request is still one moment
+
+
+@pytest.mark.parametrize(
+    ("content", "found"),
+    [
+        ("search_id,categorical_1,click\n1,2,0\n", "missing columns categorical_2, categorical_3"),
+        (
+            "",
+            "missing columns search_id, categorical_1, categorical_2, categorical_3, categorical_4, … (19 in all); "
+            "its first line is an empty line (is the file empty?)",
+        ),
+        (",".join(AE_HEADER) + "\n", "a header and no data row (an empty or cut file?)"),
+        (",".join(AE_HEADER) + "\n1,2,3\n", "its first data row has 3 fields, its header 21"),
+    ],
+    ids=["other-header", "empty", "header-only", "cut-row"],
+)
+def test_aliexpress_wrong_file_is_refused_and_the_lake_is_unchanged(settings, aliexpress, content, found):
+    _import_ae(settings, aliexpress["root"])
+    before = _lake_bytes(settings)
+    bad = aliexpress["root"] / "bad" / "AliExpress_NL"
+    bad.mkdir(parents=True)
+    (bad / "train.csv").write_text(content)
+    with pytest.raises(StopRun, match=r"train\.csv: ") as refused:
+        import_aliexpress(settings, [bad], START, DAYS, progress=False)
+    assert found in str(refused.value)
+    _assert_refused_with_layouts(refused.value)
+    assert _lake_bytes(settings) == before
+
+
+def test_aliexpress_failure_half_way_leaves_the_lake_unchanged(settings, aliexpress):
+    """Blocks already parsed are staged, not written: a file unreadable after them leaves the old days."""
+    _import_ae(settings, aliexpress["root"])
+    before = _lake_bytes(settings)
+    path = aliexpress["root"] / "late" / "AliExpress_NL" / "train.csv"
+    _write_csv(path, _ae_rows(5, 40))
+    with open(path, "ab") as f:
+        f.write(b"1," + b"1," * 15 + b"\xff\xfe,0.5,1.5,0,0\n")  # invalid UTF-8 in the last row
+    layout = AliExpressLayout(block_size=1 << 10)  # many blocks: the bad one comes after good ones
+    with pytest.raises(StopRun, match=r"unreadable CSV .*invalid UTF8"):
+        import_aliexpress(settings, [path.parent], START, DAYS, layout=layout, progress=False)
+    assert _lake_bytes(settings) == before
+
+
+def test_aliexpress_refuses_two_files_of_one_name_in_a_scenario(settings, aliexpress):
+    """Ids are keyed by scenario and file name: two train.csv of one country would share them."""
+    nl = aliexpress["root"] / "AliExpress_NL"
+    with pytest.raises(StopRun, match=r"scenario nl has more than one train\.csv: their ids would collide"):
+        import_aliexpress(settings, [nl, nl / "train.csv"], START, DAYS, progress=False)
+    assert not Path(settings.lake, "raw").exists()
+
+
+def test_aliexpress_import_of_nothing_is_refused(settings, aliexpress):
+    """No impression (here every scenario left out) would replace good days by empty ones: refused."""
+    _import_ae(settings, aliexpress["root"])
+    before = _lake_bytes(settings)
+    left_out = r"\(malformed: \{'bad_column_count': 1, .*\}, left out by --scenarios: \{'es': \d+, 'nl': \d+\}\)"
+    with pytest.raises(StopRun, match=r"no impression imported from \d+ rows read " + left_out):
+        _import_ae(settings, aliexpress["root"], scenarios=("fr",))
+    assert _lake_bytes(settings) == before
 
 
 # --- Ali-CCP -------------------------------------------------------------------------------------------
@@ -281,6 +399,85 @@ def test_aliccp_is_deterministic(tmp_path):
         pd.testing.assert_frame_equal(runs[0][name], runs[1][name])
 
 
+CCP_PROCESSED_HEADER = "click,purchase,101,121,122,124,125,126,127,128,129,205,206,207,210,216,508,509,702,853,301"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "found"),
+    [
+        (
+            "sample_skeleton_train.csv",
+            CCP_PROCESSED_HEADER + "\n0,0,1,1,1,1,1,0,1,1,1,0,1,1,1,0,1,0,0,0,1\n",
+            "it is the processed Ali-CCP CSV header (click,purchase,101,121,…,301,…), a layout not supported yet",
+        ),
+        (
+            "sample_skeleton_train.csv",
+            ",".join(AE_HEADER) + "\n",
+            "it is a processed AliExpress CSV header",
+        ),
+        ("sample_skeleton_train.csv", "", "it is an empty line (is the file empty?)"),
+        ("sample_skeleton_train.csv", "1,0,0,trai", "it is 4 comma-separated fields starting '1,0,0,trai'"),
+        (
+            "common_features_train.csv",
+            "1,0,0,train0000,1," + "205\x029000\x031.0" + "\n",
+            "should be a raw Ali-CCP common_features row (common_feature_index,feature_num,feature_list); "
+            "it is a raw Ali-CCP sample_skeleton row",
+        ),
+    ],
+    ids=["processed-aliccp", "aliexpress", "empty", "cut", "skeleton-as-common"],
+)
+def test_aliccp_wrong_file_is_refused_and_the_lake_is_unchanged(settings, tmp_path, name, content, found):
+    good = tmp_path / "good"
+    good.mkdir()
+    _write_aliccp(good, "train", 0, 6)
+    import_aliccp(settings, [good], START, DAYS, progress=False)
+    before = _lake_bytes(settings)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    _write_aliccp(bad, "train", 1, 6)
+    (bad / name).write_text(content)
+    with pytest.raises(StopRun, match=re.escape(f"{name}: its first line should be")) as refused:
+        import_aliccp(settings, [bad], START, DAYS, progress=False)
+    assert found in str(refused.value)
+    _assert_refused_with_layouts(refused.value)
+    assert _lake_bytes(settings) == before
+
+
+def test_aliccp_processed_csv_is_refused_by_name(settings, tmp_path):
+    """The processed release (ali_ccp_train.csv …) is named as such: not supported yet, the raw pair is."""
+    (tmp_path / "ali_ccp_train.csv").write_text(CCP_PROCESSED_HEADER + "\n")
+    processed = "the processed Ali-CCP CSV header (click,purchase,101,121,…,301,…), a layout not supported yet"
+    for path, what in (
+        (tmp_path, f"no sample_skeleton_*.csv in it; ali_ccp_train.csv starts with {processed}"),
+        (tmp_path / "ali_ccp_train.csv", f"not named sample_skeleton_<split>.csv; it starts with {processed}"),
+    ):
+        with pytest.raises(StopRun) as refused:
+            import_aliccp(settings, [path], START, DAYS, progress=False)
+        assert f"{path}: {what}. " in str(refused.value)
+        _assert_refused_with_layouts(refused.value)
+    assert not any(Path(settings.lake).rglob("*.parquet"))
+
+
+def test_aliccp_failure_half_way_leaves_the_lake_unchanged(settings, tmp_path, monkeypatch):
+    """Batches written before a failure are staged, not swapped in: the old days stay whole."""
+    _write_aliccp(tmp_path, "train", 0, 12)
+    import_aliccp(settings, [tmp_path], START, DAYS, batch_rows=8, progress=False)
+    before = _lake_bytes(settings)
+    batch = aliccp._batch
+    calls = []
+
+    def fails_on_the_third(rows, split):
+        calls.append(split)
+        if len(calls) == 3:
+            raise OSError("disk gone")
+        return batch(rows, split)
+
+    monkeypatch.setattr(aliccp, "_batch", fails_on_the_third)
+    with pytest.raises(OSError, match="disk gone"):
+        import_aliccp(settings, [tmp_path], START, DAYS, batch_rows=8, progress=False)
+    assert len(calls) == 3 and _lake_bytes(settings) == before
+
+
 def test_cli_prints_the_scenarios_to_export(tmp_path, monkeypatch):
     _write_aliccp(tmp_path, "train", 0, 4)
     monkeypatch.setenv("MSMT_HOME", str(tmp_path / "home"))
@@ -292,3 +489,22 @@ def test_cli_prints_the_scenarios_to_export(tmp_path, monkeypatch):
     assert "export MSMT_SCENARIOS=ccp_22,ccp_11" in result.output and f"msmt run --ds {last}" in result.output
     home = Settings(home=tmp_path / "home")
     assert Path(lake.raw(home, "impressions", START)).exists()
+
+
+def test_cli_refuses_a_wrong_file_with_a_message_and_leaves_the_lake(tmp_path, monkeypatch):
+    for name in ("good", "bad"):
+        (tmp_path / name).mkdir()
+    _write_aliccp(tmp_path / "good", "train", 0, 4)
+    monkeypatch.setenv("MSMT_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    assert runner.invoke(import_app, ["aliccp", str(tmp_path / "good"), "--start", START, "--days", "2"]).exit_code == 0
+    home = Settings(home=tmp_path / "home")
+    before = _lake_bytes(home)
+    _write_aliccp(tmp_path / "bad", "train", 1, 4)
+    (tmp_path / "bad" / "sample_skeleton_train.csv").write_text(CCP_PROCESSED_HEADER + "\n")
+    result = runner.invoke(import_app, ["aliccp", str(tmp_path / "bad"), "--start", START, "--days", "2"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "a layout not supported yet" in result.stderr
+    assert result.stderr.endswith("\nthe lake is unchanged\n")
+    assert "Traceback" not in result.output and "MSMT_SCENARIOS" not in result.output
+    assert _lake_bytes(home) == before
