@@ -381,6 +381,11 @@ def _take(batch: Batch, rows: np.ndarray) -> Batch:
 
 
 def run_hint(report: dict) -> str:
-    """What the user runs next: the scenarios to export and the last day to run the pipeline for."""
-    last = list(report["days"])[-1]
-    return f"export MSMT_SCENARIOS={report['msmt_scenarios']}\nmsmt run --ds {last}"
+    """What the user runs next: the scenarios and the DAG's first day to export, and the day to run.
+
+    The imported days are synthetic and may lie before msmt_daily's default start date, for which
+    Airflow would run nothing: MSMT_DAG_START moves it to the first imported day.
+    """
+    days = list(report["days"])
+    exports = f"export MSMT_SCENARIOS={report['msmt_scenarios']}\nexport MSMT_DAG_START={days[0]}"
+    return f"{exports}\nmsmt run --ds {days[-1]}"

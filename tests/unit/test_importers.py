@@ -487,6 +487,7 @@ def test_cli_prints_the_scenarios_to_export(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     last = (dt.date.fromisoformat(START) + dt.timedelta(days=1)).isoformat()
     assert "export MSMT_SCENARIOS=ccp_22,ccp_11" in result.output and f"msmt run --ds {last}" in result.output
+    assert f"export MSMT_DAG_START={START}" in result.output  # imported days may lie before the DAG's start
     home = Settings(home=tmp_path / "home")
     assert Path(lake.raw(home, "impressions", START)).exists()
 
