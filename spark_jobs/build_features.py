@@ -27,14 +27,11 @@ from pyspark.sql import functions as F
 from msmt import lake
 from msmt.settings import Settings
 from spark_jobs.common import (
-    flag_clicks,
-    flag_conversions,
-    flag_impressions,
+    flag_raw,
     labelled_impressions,
     read_raw,
     spark_uri,
     submit,
-    usable,
 )
 
 log = logging.getLogger("msmt.build_features")
@@ -64,12 +61,9 @@ def extract(spark: SparkSession, settings: Settings, feature_ds: str) -> dict[st
 
 def label_window(raw: dict[str, DataFrame], settings: Settings) -> DataFrame:
     """Usable impressions of the window with their 0/1 click and conversion labels and `scenario_id`."""
-    window = settings.attribution_window_days
-    impressions = flag_impressions(raw["impressions"], settings.scenarios)
-    clicks = flag_clicks(raw["clicks"], usable(impressions), window)
-    conversions = flag_conversions(raw["conversions"], clicks, window)
+    flagged = flag_raw(raw, settings.scenarios, settings.attribution_window_days)
     ids = F.create_map(*[F.lit(x) for pair in settings.scenario_ids.items() for x in pair])
-    return labelled_impressions(impressions, clicks, conversions).select(
+    return labelled_impressions(flagged["impressions"], flagged["clicks"], flagged["conversions"]).select(
         "user_id",
         "item_id",
         F.element_at(ids, F.col("scenario")).cast("long").alias("scenario_id"),

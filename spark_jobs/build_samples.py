@@ -10,10 +10,12 @@ the samples of `ds - attribution_window_days`, the last day whose labels are fin
 Samples of day sd are the valid impressions of raw partition sd; `click` = a
 valid click within the window (click partitions sd..sd+1, duplicates counted
 once); `conversion` = clicked and a valid conversion within the window of that
-click (conversion partitions sd..sd+window). Every raw row of partition sd is
-either used or written to quarantine/ds=sd/source=… with its reason (rules in
-spark_jobs.common). Extract, transform and load are separate so each can be
-tested and reused; re-running a day overwrites exactly that day.
+click (conversion partitions sd..sd+window). An impression whose only clicks are
+stamped before it is no sample: its label is unknowable (clicked_before_shown).
+Every raw row of partition sd is either used or written to quarantine/ds=sd/source=…
+with its reason (rules in spark_jobs.common), so samples + quarantined impressions =
+raw impressions. Extract, transform and load are separate so each can be tested
+and reused; re-running a day overwrites exactly that day.
 """
 
 from __future__ import annotations
@@ -30,9 +32,7 @@ from msmt import lake
 from msmt.settings import Settings
 from spark_jobs.common import (
     count_by,
-    flag_clicks,
-    flag_conversions,
-    flag_impressions,
+    flag_raw,
     labelled_impressions,
     quarantine_rows,
     read_raw,
@@ -52,24 +52,17 @@ def extract(spark: SparkSession, settings: Settings, sample_ds: str) -> dict[str
     """Raw logs around `sample_ds`: enough history to judge the day's clicks and conversions, and the
     later days its labels can land in. Partition sample_ds of each table is required.
 
-    Impressions sd-w-1..sd and clicks sd-w-1..sd+1: a click of day p is judged against impressions and
-    earlier clicks of p-1..p, and conversions of day sd look back at clicks of sd-w..sd.
+    Impressions sd-w-1..sd+1 and clicks sd-w-1..sd+1: a click of day p is judged against impressions
+    of p-1..p+1 (a click of sd stamped before its impression of sd+1 is click_before_impression, not
+    an orphan) and earlier clicks, and conversions of day sd look back at clicks of sd-w..sd.
     """
     window = settings.attribution_window_days
     first = lake.shift(sample_ds, -window - 1)
     return {
-        "impressions": read_raw(spark, settings, "impressions", lake.days_between(first, window + 2), [sample_ds]),
+        "impressions": read_raw(spark, settings, "impressions", lake.days_between(first, window + 3), [sample_ds]),
         "clicks": read_raw(spark, settings, "clicks", lake.days_between(first, window + 3), [sample_ds]),
         "conversions": read_raw(spark, settings, "conversions", lake.days_between(sample_ds, window + 1), [sample_ds]),
     }
-
-
-def flag_raw(raw: dict[str, DataFrame], scenarios: Sequence[str], window_days: int) -> dict[str, DataFrame]:
-    """Apply the shared quarantine rules to every raw table (adds `reason`)."""
-    impressions = flag_impressions(raw["impressions"], scenarios)
-    clicks = flag_clicks(raw["clicks"], impressions.where(F.col("reason").isNull()), window_days)
-    conversions = flag_conversions(raw["conversions"], clicks, window_days)
-    return {"impressions": impressions, "clicks": clicks, "conversions": conversions}
 
 
 def to_samples(flagged: dict[str, DataFrame], sample_ds: str, scenario_ids: dict[str, int]) -> DataFrame:

@@ -1,28 +1,38 @@
 """Great Expectations checks of one day of raw logs (`check_raw`) and of samples (`check_samples`).
 
 A day is small, so each check reads it with pyarrow into pandas and validates
-it with GX suites built in code on an ephemeral context. Four kinds of
+it with GX suites built in code on an ephemeral context. Five kinds of
 expectation: schema (column set and types, so a broken file fails here with a
 readable message instead of deep inside a Spark job), nulls on keys (raw logs
 may hold up to `max_quarantine_rate` malformed rows, samples none), value
-ranges, and per-scenario volume and CTR against the trailing days that exist.
+ranges, per-scenario volume and CTR against the trailing days that exist, and
+(samples) the share of each raw table that build_samples had to quarantine.
 
-The result (success, every expectation's outcome, statistics) is stored at
+A partition that has not landed, holds no row or has a file that is not
+parquet fails its check without GX, named. Every failure becomes one readable
+line naming the table, day, column or scenario and what was seen; the result
+(success, those lines, every expectation's outcome, statistics) is stored at
 lake.check_result(settings, suite, ds) before a failure raises DataCheckError.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import io
 import json
 import logging
+import math
 import os
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from msmt import lake, schemas, storage
+from msmt.errors import StopRun
 from msmt.settings import Settings
 
 log = logging.getLogger("msmt.checks")
@@ -37,10 +47,28 @@ RAW_KEYS = {
 }
 SAMPLE_KEYS = ("impression_id", "request_id", "event_timestamp", "user_id", "item_id", "scenario_id", "position")
 SAMPLES_WITH_PARTITION = schemas.SAMPLES.append(pa.field("scenario", pa.string()))
+# Quarantined for arriving after the attribution window: the window is a choice, late conversions
+# are normal (the simulator's are ~7% of a day's), so they are counted in the result, not bounded.
+UNBOUNDED_REASONS = frozenset({"after_attribution_window"})
+MIN_EXPECTED_ROWS = 10  # an empty clicks / conversions day fails when at least this many rows were expected
+TOP_REASONS = 3  # reasons named in a failed quarantine bound
+CONTRACT_GAPS = (("missing", "missing"), ("unexpected", "not in the contract"))  # GX's mismatch keys, in words
 
 
-class DataCheckError(RuntimeError):
-    """A data check failed; the message lists the failed expectations, the stored result has the details."""
+class DataCheckError(StopRun):
+    """A data check failed; the message has one line per failure, the stored result has the details."""
+
+
+class UnreadableParquetError(ValueError):
+    """A file of a partition is not readable parquet (truncated, foreign bytes); names the file."""
+
+    def __init__(self, path: str, error: Exception) -> None:
+        self.path, self.reason = path, f"{type(error).__name__}: {error}"
+        super().__init__(f"{path}: {self.reason}")
+
+    def line(self, where: str) -> str:
+        """The failure as a check reports it, `where` being the table and day."""
+        return f"{where}: file {self.path} is not readable parquet ({self.reason})"
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -51,6 +79,29 @@ def _type_name(kind: pa.DataType) -> str:
     return f"list<{_type_name(kind.value_type)}>" if pa.types.is_list(kind) else str(kind)
 
 
+def _parquet_files(settings: Settings, root: str) -> list[str]:
+    """The data files under `root`: `*.parquet`, skipping `_`/`.` entries (Spark's markers, temp dirs)."""
+    return [
+        key
+        for key in storage.list_keys(settings, root)
+        if key.endswith(".parquet") and not any(part.startswith(("_", ".")) for part in key[len(root) :].split("/"))
+    ]
+
+
+def _parse(settings: Settings, path: str, read: Callable = pq.read_table):
+    """`read` (a table, or just the metadata) of one lake file; a file that is not parquet raises naming it."""
+    try:
+        return read(io.BytesIO(storage.read_bytes(settings, path)))
+    except (pa.ArrowException, OSError) as error:  # ArrowInvalid: no footer; OSError: corrupt pages
+        raise UnreadableParquetError(path, error) from error
+
+
+def _row_count(settings: Settings, uri: str) -> int:
+    """Rows of a partition from the parquet footers alone (0 when it is absent)."""
+    root = uri.rstrip("/")
+    return sum(_parse(settings, path, pq.read_metadata).num_rows for path in _parquet_files(settings, root))
+
+
 def read_day(
     settings: Settings, uri: str, columns: Sequence[str] | None = None
 ) -> tuple[pa.Table, dict[str, str]] | None:
@@ -59,18 +110,14 @@ def read_day(
     Returns the table and the observed type of each column. A column whose type
     differs between files is left out of the table and reported as `a | b`, so a
     schema-broken file fails the schema expectation instead of crashing the read.
+    A file that is not parquet raises UnreadableParquetError naming it.
     """
     root = uri.rstrip("/")
     if not storage.exists(settings, root):
         return None
-    files = [
-        key
-        for key in storage.list_keys(settings, root)
-        if key.endswith(".parquet") and not any(part.startswith(("_", ".")) for part in key[len(root) :].split("/"))
-    ]
     tables = []
-    for path in files:
-        table = storage.read_parquet(settings, path)
+    for path in _parquet_files(settings, root):
+        table = _parse(settings, path)
         if columns is not None:
             table = table.select([c for c in columns if c in table.column_names])
         for part in path[len(root) :].strip("/").split("/")[:-1]:
@@ -89,6 +136,8 @@ def read_day(
 
 # --- validation ------------------------------------------------------------------------------------
 
+Explain = Callable[[dict], list[str]]  # a failed outcome -> its readable lines
+
 
 class _Run:
     """One GX ephemeral context collecting the outcomes of every batch validated for one check."""
@@ -106,9 +155,10 @@ class _Run:
         self.suite, self.ds = suite, ds
         self.outcomes: list[dict] = []
         self.notes: list[str] = []
+        self.sections: dict[str, object] = {}  # extra result keys (the quarantine shares)
 
-    def validate(self, batch: str, frame: pd.DataFrame, expectations: list) -> None:
-        """Validate `frame` against `expectations` and record each outcome under the batch name."""
+    def validate(self, batch: str, frame: pd.DataFrame, expectations: list, explain: Explain) -> None:
+        """Validate `frame` against `expectations`; record each outcome, with `explain`'s lines if it failed."""
         name = f"{self.suite}_{batch}"
         batch_definition = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
         suite = self.context.suites.add(self.gx.ExpectationSuite(name=name, expectations=expectations))
@@ -118,44 +168,48 @@ class _Run:
         result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
         for outcome in result.results:
             described = outcome.to_json_dict()
-            self.outcomes.append(
-                {
-                    "batch": batch,
-                    "expectation": described["expectation_config"]["type"],
-                    "kwargs": {k: v for k, v in described["expectation_config"]["kwargs"].items() if k != "batch_id"},
-                    "success": bool(described["success"]),
-                    "result": described.get("result") or {},
-                    "exception": (described.get("exception_info") or {}).get("exception_message"),
-                }
-            )
+            record = {
+                "batch": batch,
+                "expectation": described["expectation_config"]["type"],
+                "kwargs": {k: v for k, v in described["expectation_config"]["kwargs"].items() if k != "batch_id"},
+                "success": bool(described["success"]),
+                "result": described.get("result") or {},
+                "exception": (described.get("exception_info") or {}).get("exception_message"),
+            }
+            record["failures"] = [] if record["success"] else explain(record) or [_describe(record)]
+            self.outcomes.append(record)
 
-    def fail(self, batch: str, expectation: str, observed: str) -> None:
-        """Record a failure found before GX could run (a partition that has not landed)."""
+    def fail(self, batch: str, expectation: str, failure: str) -> None:
+        """Record a failure found before GX could run (a partition missing, empty or unreadable)."""
         self.outcomes.append(
             {
                 "batch": batch,
                 "expectation": expectation,
                 "kwargs": {},
                 "success": False,
-                "result": {"observed_value": observed},
+                "result": {"observed_value": failure},
+                "exception": None,
+                "failures": [failure],
             }
         )
 
     def finish(self, settings: Settings, summary: pd.DataFrame | None) -> dict:
-        """Store the result JSON; raise DataCheckError listing the failures after storing it."""
-        failed = [_describe(o) for o in self.outcomes if not o["success"]]
+        """Store the result JSON; raise DataCheckError with one line per failure after storing it."""
+        unsuccessful = [o for o in self.outcomes if not o["success"]]
+        failed = [line for outcome in unsuccessful for line in outcome["failures"]]
         result = {
             "suite": self.suite,
             "ds": self.ds,
-            "success": not failed,
+            "success": not unsuccessful,
             "failed": failed,
             "notes": self.notes,
             "statistics": {
                 "evaluated_expectations": len(self.outcomes),
-                "successful_expectations": len(self.outcomes) - len(failed),
-                "unsuccessful_expectations": len(failed),
+                "successful_expectations": len(self.outcomes) - len(unsuccessful),
+                "unsuccessful_expectations": len(unsuccessful),
             },
             "summary": [] if summary is None else json.loads(summary.to_json(orient="records")),
+            **self.sections,
             "expectations": self.outcomes,
         }
         uri = lake.check_result(settings, self.suite, self.ds)
@@ -168,14 +222,14 @@ class _Run:
             len(self.outcomes),
             uri,
         )
-        if failed:
+        if unsuccessful:
             notes = "".join(f"\n  note: {note}" for note in self.notes)
             raise DataCheckError(f"check_{self.suite} ds={self.ds} failed:\n  " + "\n  ".join(failed) + notes)
         return result
 
 
 def _describe(outcome: dict) -> str:
-    """One readable line per failed expectation: what was expected of which column, and what was seen."""
+    """The fallback line: expectation, column and what was seen (or why GX could not evaluate it)."""
     kwargs = outcome["kwargs"]
     target = kwargs.get("column") or ",".join(filter(None, (kwargs.get("column_A"), kwargs.get("column_B"))))
     result = outcome["result"]
@@ -185,14 +239,64 @@ def _describe(outcome: dict) -> str:
     return f"{outcome['batch']}: {outcome['expectation']}({target}) -> {seen}"
 
 
+def _percent(share: float) -> str:
+    """0.05 -> '5%', 0.025 -> '2.5%' (a setting spelled as it was set)."""
+    return f"{100 * share:g}%"
+
+
+def _times(ratio: float) -> str:
+    """A ratio to a trailing mean, two decimals at most: 9.9×, 0.21×, 2×, 0×."""
+    return f"{round(ratio, 2):g}×"
+
+
+def _bounds(kwargs: dict) -> str:
+    """Where the values that broke a between-expectation lie, in words."""
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if low is not None and high is not None:
+        return f"outside [{low}, {high}{')' if kwargs.get('strict_max') else ']'}"
+    return f"below {low}" if high is None else f"above {high}"
+
+
+def _column_failures(where: str) -> Explain:
+    """Lines for the row expectations of one table: which column broke which rule, how often, examples."""
+
+    def explain(outcome: dict) -> list[str]:
+        kind, kwargs, result = outcome["expectation"], outcome["kwargs"], outcome["result"]
+        if outcome["exception"]:
+            return [f"{where}: {_describe(outcome)}"]
+        column, share = kwargs.get("column"), f"{result.get('unexpected_percent', 0.0):.1f}%"
+        allowed = f"at most {_percent(1 - kwargs['mostly'])} allowed" if kwargs.get("mostly") else "none allowed"
+        examples = f", e.g. {result.get('partial_unexpected_list', [])[:5]}"
+        if kind == "expect_column_values_to_not_be_null":
+            return [f"{where}: column {column} has {share} nulls ({allowed})"]
+        if kind == "expect_column_values_to_be_between":
+            return [f"{where}: column {column} has {share} values {_bounds(kwargs)} ({allowed}){examples}"]
+        if kind == "expect_column_values_to_be_in_set":
+            return [f"{where}: column {column} has {share} values not in {kwargs['value_set']} ({allowed}){examples}"]
+        if kind == "expect_column_values_to_be_unique":
+            return [f"{where}: column {column} has {result['unexpected_count']} rows with a repeated value{examples}"]
+        if kind == "expect_column_distinct_values_to_contain_set":
+            return [f"{where}: {column} {value} has 0 rows" for value in sorted(result.get("partial_missing_list", []))]
+        if kind == "expect_column_pair_values_a_to_be_greater_than_b":
+            column_a, column_b = kwargs["column_A"], kwargs["column_B"]
+            return [f"{where}: {result['unexpected_count']} rows have {column_a} below {column_b}{examples}"]
+        if kind == "expect_table_columns_to_match_set":
+            mismatched = result.get("details", {}).get("mismatched", {})
+            parts = [f"{label} {', '.join(mismatched[key])}" for key, label in CONTRACT_GAPS if mismatched.get(key)]
+            return [f"{where}: columns differ from the contract: " + "; ".join(parts)]
+        return []
+
+    return explain
+
+
 TYPE_HINT = (
-    " (the contract is msmt/schemas.py; pandas writes ns timestamps and int64 / float64 numbers:"
-    " pyarrow's `table.cast(contract)` before writing converts what converts losslessly)"
+    "the contract is msmt/schemas.py; pandas writes ns timestamps and int64 / float64 numbers:"
+    " pyarrow's `table.cast(contract)` before writing converts what converts losslessly"
 )
 
 
 def _schema_expectations(gxe, expected: pa.Schema) -> tuple[list, list]:
-    """Column set on the data; `name: type` of every column against the contract on a schema frame."""
+    """Column set on the data; `name: type` of every contract column against the contract on a schema frame."""
     on_data = [gxe.ExpectTableColumnsToMatchSet(column_set=list(expected.names), exact_match=True)]
     on_schema = [
         gxe.ExpectColumnValuesToBeInSet(
@@ -208,20 +312,78 @@ def _intact(observed: dict[str, str], expected: pa.Schema) -> set[str]:
 
 
 def _validate_table(
-    run: _Run, name: str, loaded: tuple[pa.Table, dict[str, str]], expected: pa.Schema, value_expectations
+    run: _Run,
+    name: str,
+    where: str,
+    loaded: tuple[pa.Table, dict[str, str]],
+    expected: pa.Schema,
+    value_expectations,
 ) -> pd.DataFrame:
-    """Schema expectations, then `value_expectations(intact columns)` on the columns that passed them."""
+    """Schema expectations, then `value_expectations(intact columns)` on the columns that passed them.
+
+    Types are checked for the contract's columns only: a column outside the
+    contract is the column-set expectation's failure, said once.
+    """
     gxe = run.gx.expectations
     table, observed = loaded
-    differs = [f"{f.name} is {observed[f.name]}, not {_type_name(f.type)}" for f in expected
-               if f.name in observed and observed[f.name] != _type_name(f.type)]  # fmt: skip
+    typed = {column: kind for column, kind in observed.items() if column in expected.names}
+    differs = [f"{where}: column {c} is {kind}, not {_type_name(expected.field(c).type)}"
+               for c, kind in typed.items() if kind != _type_name(expected.field(c).type)]  # fmt: skip
     if differs:
-        run.notes.append(f"{name}: " + "; ".join(differs) + TYPE_HINT)
+        run.notes.append(f"{where}: {TYPE_HINT}")
     on_data, on_schema = _schema_expectations(gxe, expected)
     frame = table.to_pandas()
-    run.validate(f"{name}_schema", pd.DataFrame({"column_type": [f"{c}: {t}" for c, t in observed.items()]}), on_schema)
-    run.validate(name, frame, on_data + value_expectations(gxe, _intact(observed, expected)))
+    schema_frame = pd.DataFrame({"column_type": [f"{c}: {t}" for c, t in typed.items()]})
+    run.validate(f"{name}_schema", schema_frame, on_schema, lambda _: differs)
+    run.validate(name, frame, on_data + value_expectations(gxe, _intact(observed, expected)), _column_failures(where))
     return frame
+
+
+def _load(
+    settings: Settings, run: _Run, batch: str, where: str, uri: str, expected_rows: Callable[[], float] | None = None
+) -> tuple[pa.Table, dict[str, str]] | None:
+    """read_day, or None after recording why there is nothing to validate: not landed, not parquet, no row.
+
+    `expected_rows`: how many rows the day should hold; an empty partition where fewer than
+    MIN_EXPECTED_ROWS were expected (a quiet day of a rare event) is a note, not a failure.
+    """
+    try:
+        loaded = read_day(settings, uri)
+    except UnreadableParquetError as bad:
+        run.fail(batch, "files_are_parquet", bad.line(where))
+        return None
+    if loaded is None:
+        run.fail(batch, "partition_exists", f"{where}: partition {uri} has not landed")
+        return None
+    if loaded[0].num_rows == 0:
+        expected = expected_rows() if expected_rows else math.inf
+        if expected < MIN_EXPECTED_ROWS:
+            run.notes.append(f"{where}: 0 rows, plausible for a rare event ({expected:.1f} expected)")
+        else:
+            run.fail(batch, "partition_has_rows", f"{where}: partition {uri} has 0 rows" + _expected(expected))
+        return None
+    return loaded
+
+
+def _expected(rows: float) -> str:
+    return "" if math.isinf(rows) else f" (the trailing days' rate per impression predicts {rows:,.0f})"
+
+
+def _expected_rows(settings: Settings, name: str, ds: str) -> float:
+    """Rows of raw `name` on `ds` predicted from today's impressions and the trailing days' ratio of the two.
+
+    No trailing day with both tables: nothing to predict from, so an empty day can't be judged quiet (inf).
+    """
+    days = [d for d in lake.days_between(lake.shift(ds, -TRAILING_DAYS), TRAILING_DAYS)
+            if all(storage.exists(settings, lake.raw(settings, t, d)) for t in ("impressions", name))]  # fmt: skip
+    try:
+        shown = sum(_row_count(settings, lake.raw(settings, "impressions", d)) for d in days)
+        if not shown:
+            return math.inf
+        rate = sum(_row_count(settings, lake.raw(settings, name, d)) for d in days) / shown
+        return rate * _row_count(settings, lake.raw(settings, "impressions", ds))
+    except UnreadableParquetError:  # reported by the table's own expectations
+        return math.inf
 
 
 def _day_bounds(ds: str) -> tuple[dt.datetime, dt.datetime]:
@@ -229,7 +391,26 @@ def _day_bounds(ds: str) -> tuple[dt.datetime, dt.datetime]:
     return start, start + dt.timedelta(days=1)
 
 
-def _drift(run: _Run, summary: pd.DataFrame, trailing: list[str], with_ctr: bool, min_rows: int) -> None:
+def _drift_failures(where: str, summary: pd.DataFrame) -> Explain:
+    """Lines for the per-scenario ratios: which scenario moved how far from its trailing mean."""
+
+    def explain(outcome: dict) -> list[str]:
+        column = outcome["kwargs"]["column"]
+        low, high = VOLUME_RATIO if column == "volume_ratio" else CTR_RATIO
+        bounds = f"bounds {_times(low)}–{_times(high)}"
+        lines = []
+        for row in summary[(summary[column] < low) | (summary[column] > high)].itertuples():
+            if column == "volume_ratio":
+                what, ratio, seen = "volume", row.volume_ratio, f"{row.rows:,} rows vs {row.trailing_rows:,.0f} a day"
+            else:
+                what, ratio, seen = "CTR", row.ctr_ratio, f"{row.ctr:.2%} vs {row.trailing_ctr:.2%}"
+            lines.append(f"{where}: {what} of {row.scenario} is {_times(ratio)} its trailing mean ({seen}; {bounds})")
+        return lines
+
+    return explain
+
+
+def _drift(run: _Run, where: str, summary: pd.DataFrame, trailing: list[str], with_ctr: bool, min_rows: int) -> None:
     """Per-scenario ratios to the trailing mean; skipped (and said so) when no trailing day exists.
 
     Scenarios averaging fewer than `min_rows` rows a day are reported but not
@@ -251,16 +432,23 @@ def _drift(run: _Run, summary: pd.DataFrame, trailing: list[str], with_ctr: bool
         expectations.append(
             gxe.ExpectColumnValuesToBeBetween(column="ctr_ratio", min_value=CTR_RATIO[0], max_value=CTR_RATIO[1])
         )
-    run.validate("per_scenario", summary, expectations)
+    run.validate("per_scenario", summary, expectations, _drift_failures(where, summary))
 
 
-def _trailing(settings: Settings, table: str, ds: str, columns: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """The earlier days of `table` that exist (up to TRAILING_DAYS), only `columns`."""
+def _trailing(run: _Run, settings: Settings, table: str, ds: str, columns: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The earlier days of `table` that exist and read (up to TRAILING_DAYS), only `columns`.
+
+    An unreadable earlier day is left out with a note: it fails its own check, not today's.
+    """
     days = lake.days_between(lake.shift(ds, -TRAILING_DAYS), TRAILING_DAYS)
     found = {}
     for day in days:
         uri = lake.samples(settings, day) if table == "samples" else lake.raw(settings, table, day)
-        loaded = read_day(settings, uri, columns)
+        try:
+            loaded = read_day(settings, uri, columns)
+        except UnreadableParquetError as bad:
+            run.notes.append(f"trailing day {day} of {table} left out: {bad}")
+            continue
         if loaded is not None and set(columns) <= set(loaded[0].column_names):
             found[day] = loaded[0].to_pandas()
     return found
@@ -294,23 +482,95 @@ def _summary(
     return summary
 
 
+# --- quarantine ------------------------------------------------------------------------------------
+
+
+def _quarantine_shares(settings: Settings, sample_ds: str, quarantine: pd.DataFrame) -> list[dict]:
+    """Per raw table of the sample day: its rows, rows quarantined per reason, and the bounded share.
+
+    The share counts every reason but UNBOUNDED_REASONS, over the table's raw rows
+    of the day (read from the parquet footers).
+    """
+    counts = Counter(zip(quarantine["source"], quarantine["reason"], strict=True)) if len(quarantine) else Counter()
+    shares = []
+    for table in lake.RAW_TABLES:
+        rows = _row_count(settings, lake.raw(settings, table, sample_ds))
+        reasons = {reason: n for (source, reason), n in sorted(counts.items()) if source == table}
+        bounded = sum(n for reason, n in reasons.items() if reason not in UNBOUNDED_REASONS)
+        shares.append(
+            {
+                "table": table,
+                "raw_rows": rows,
+                "quarantined": sum(reasons.values()),
+                "share": bounded / rows if rows else 0.0,
+                "reasons": reasons,
+            }
+        )
+    return shares
+
+
+def _quarantine_failures(sample_ds: str, shares: list[dict], rate: float) -> Explain:
+    """Lines for a table above the bound: its share of the day's rows and the reasons that filled it."""
+    by_table = {share["table"]: share for share in shares}
+
+    def explain(outcome: dict) -> list[str]:
+        share = by_table[outcome["kwargs"]["column"]]
+        bounded = {r: n for r, n in share["reasons"].items() if r not in UNBOUNDED_REASONS}
+        top = sorted(bounded.items(), key=lambda item: (-item[1], item[0]))[:TOP_REASONS]
+        reasons = ", ".join(f"{reason} {n / share['raw_rows']:.1%}" for reason, n in top)
+        return [
+            f"raw {share['table']} ds={sample_ds}: {share['share']:.1%} of {share['raw_rows']:,} rows quarantined"
+            f" ({reasons}), above MSMT_MAX_QUARANTINE_RATE {_percent(rate)}"
+        ]
+
+    return explain
+
+
+def _check_quarantine(settings: Settings, run: _Run, sample_ds: str) -> None:
+    """Bound each raw table's quarantined share of the sample day: a high share is a broken upstream.
+
+    build_samples writes quarantine/ds=<sample day>/source=<table>/ with the
+    samples; its absence means they were not built together.
+    """
+    where, uri = f"quarantine ds={sample_ds}", lake.quarantine(settings, sample_ds)
+    try:
+        loaded = read_day(settings, uri, ["reason"])
+        if loaded is None:
+            run.fail("quarantine", "partition_exists", f"{where}: partition {uri} has not landed")
+            return
+        shares = _quarantine_shares(settings, sample_ds, loaded[0].to_pandas())
+    except UnreadableParquetError as bad:
+        run.fail("quarantine", "files_are_parquet", bad.line(where))
+        return
+    run.sections["quarantine"] = shares
+    rate = settings.max_quarantine_rate
+    gxe = run.gx.expectations
+    run.validate(
+        "quarantine",
+        pd.DataFrame({share["table"]: [share["share"]] for share in shares}),
+        [gxe.ExpectColumnValuesToBeBetween(column=share["table"], min_value=0, max_value=rate) for share in shares],
+        _quarantine_failures(sample_ds, shares, rate),
+    )
+
+
 # --- the two checks --------------------------------------------------------------------------------
 
 
 def check_raw(settings: Settings, ds: str) -> dict:
     """Validate raw impressions, clicks and conversions of day `ds`; returns the stored result dict.
 
-    Raises DataCheckError (after storing the result) when a partition is missing
-    or an expectation fails.
+    Raises DataCheckError (after storing the result) when a partition is missing,
+    empty or unreadable, or an expectation fails.
     """
     run = _Run("raw", ds)
     start, end = _day_bounds(ds)
     mostly = 1 - settings.max_quarantine_rate
     impressions = None
     for name in lake.RAW_TABLES:
-        loaded = read_day(settings, lake.raw(settings, name, ds))
+        where = f"raw {name} ds={ds}"
+        expected = None if name == "impressions" else functools.partial(_expected_rows, settings, name, ds)
+        loaded = _load(settings, run, name, where, lake.raw(settings, name, ds), expected)
         if loaded is None:
-            run.fail(name, "partition_exists", f"missing: {lake.raw(settings, name, ds)}")
             continue
 
         def values(gxe, intact: set[str], name: str = name) -> list:
@@ -333,28 +593,27 @@ def check_raw(settings: Settings, ds: str) -> dict:
                 checks.append(gxe.ExpectColumnValuesToBeBetween(column="value", min_value=0, mostly=mostly))
             return checks
 
-        frame = _validate_table(run, name, loaded, schemas.RAW[name], values)
+        frame = _validate_table(run, name, where, loaded, schemas.RAW[name], values)
         if name == "impressions" and "scenario" in frame:
             impressions = frame
     summary = None
     if impressions is not None:
-        trailing = _trailing(settings, "impressions", ds, ["scenario"])
+        trailing = _trailing(run, settings, "impressions", ds, ["scenario"])
         summary = _summary(impressions, trailing, settings.scenarios, label=None)
-        _drift(run, summary, sorted(trailing), with_ctr=False, min_rows=settings.drift_min_rows)
+        where = f"raw impressions ds={ds}"
+        _drift(run, where, summary, sorted(trailing), with_ctr=False, min_rows=settings.drift_min_rows)
     return run.finish(settings, summary)
 
 
 def check_samples(settings: Settings, sample_ds: str) -> dict:
-    """Validate samples of `sample_ds`: schema, keys, labels, every scenario present, drift vs trailing days.
+    """Validate samples of `sample_ds`: schema, keys, labels, every scenario present, drift vs trailing days,
+    and each raw table's quarantined share of the day.
 
     Returns the stored result dict; raises DataCheckError (after storing it) on failure.
     """
     run = _Run("samples", sample_ds)
     start, end = _day_bounds(sample_ds)
-    loaded = read_day(settings, lake.samples(settings, sample_ds))
-    if loaded is None:
-        run.fail("samples", "partition_exists", f"missing: {lake.samples(settings, sample_ds)}")
-        return run.finish(settings, None)
+    where = f"samples ds={sample_ds}"
     ids = list(settings.scenario_ids.values())
 
     def values(gxe, intact: set[str]) -> list:
@@ -380,10 +639,13 @@ def check_samples(settings: Settings, sample_ds: str) -> dict:
             )
         return checks
 
-    frame = _validate_table(run, "samples", loaded, SAMPLES_WITH_PARTITION, values)
     summary = None
-    if {"scenario", "click"} <= set(frame.columns):
-        trailing = _trailing(settings, "samples", sample_ds, ["scenario", "click"])
-        summary = _summary(frame, trailing, settings.scenarios, label="click")
-        _drift(run, summary, sorted(trailing), with_ctr=True, min_rows=settings.drift_min_rows)
+    loaded = _load(settings, run, "samples", where, lake.samples(settings, sample_ds))
+    if loaded is not None:
+        frame = _validate_table(run, "samples", where, loaded, SAMPLES_WITH_PARTITION, values)
+        if {"scenario", "click"} <= set(frame.columns):
+            trailing = _trailing(run, settings, "samples", sample_ds, ["scenario", "click"])
+            summary = _summary(frame, trailing, settings.scenarios, label="click")
+            _drift(run, where, summary, sorted(trailing), with_ctr=True, min_rows=settings.drift_min_rows)
+    _check_quarantine(settings, run, sample_ds)
     return run.finish(settings, summary)

@@ -6,7 +6,8 @@ feature never disagree about which raw rows count.
 
 Each `flag_*` function is DataFrame in, DataFrame out: it keeps the raw columns
 (plus the partition day `ds`) and adds `reason`, null for a usable row and the
-first rule the row breaks otherwise.
+first rule the row breaks otherwise. Impressions are judged twice: on their own
+(`flag_impressions`), then against their flagged clicks (`flag_clicked_before_shown`).
 """
 
 from __future__ import annotations
@@ -166,7 +167,10 @@ def _keep_first(df: DataFrame, key: str, order: Sequence[str], reason: str) -> D
 
 
 def flag_impressions(impressions: DataFrame, scenarios: Sequence[str]) -> DataFrame:
-    """Rules: null_key, unknown_scenario, ts_outside_day, bad_position, duplicate_impression (first kept)."""
+    """Rules: null_key, unknown_scenario, ts_outside_day, bad_position, duplicate_impression (first kept).
+
+    One more rule needs the flagged clicks: flag_clicked_before_shown.
+    """
     flagged = impressions.withColumn(
         "reason",
         _first_failure(
@@ -184,7 +188,9 @@ def flag_clicks(clicks: DataFrame, impressions: DataFrame, window_days: int) -> 
     """Rules: null_key, ts_outside_day, orphan_click, click_before_impression, after_attribution_window,
     duplicate_click (the first click on an impression counts, later ones are set aside).
 
-    `impressions` are usable impressions; adds their `impression_ts`.
+    `impressions` are usable impressions; adds their `impression_ts`. A click of day p
+    needs the impressions of p-1..p+1: one stamped just before its impression across
+    midnight is click_before_impression, and only with day p+1 read is it not an orphan.
     """
     shown = impressions.select("impression_id", F.col("ts").alias("impression_ts"))
     flagged = clicks.join(shown, "impression_id", "left").withColumn(
@@ -198,6 +204,27 @@ def flag_clicks(clicks: DataFrame, impressions: DataFrame, window_days: int) -> 
         ),
     )
     return _keep_first(flagged, "impression_id", ("ts", "click_id"), "duplicate_click")
+
+
+def flag_clicked_before_shown(impressions: DataFrame, clicks: DataFrame) -> DataFrame:
+    """Rule: clicked_before_shown, a usable impression whose only clicks are stamped before it.
+
+    Such a click says the impression was clicked but the clocks disagree on when:
+    a 0 label would be a false negative and a 1 would trust a broken clock, so the
+    impression is set aside with its reason. `clicks` are flagged clicks; an
+    impression with one counted click stays usable (its early clicks are the odd ones).
+    """
+    early = clicks.where(F.col("reason") == "click_before_impression").select("impression_id")
+    early_only = (
+        early.join(usable(clicks).select("impression_id"), "impression_id", "left_anti")
+        .distinct()
+        .withColumn("early_only", F.lit(True))
+    )
+    unlabellable = F.col("reason").isNull() & F.col("early_only")
+    flagged = impressions.join(early_only, "impression_id", "left")
+    return flagged.withColumn(
+        "reason", F.when(unlabellable, F.lit("clicked_before_shown")).otherwise(F.col("reason"))
+    ).drop("early_only")
 
 
 def flag_conversions(conversions: DataFrame, clicks: DataFrame, window_days: int) -> DataFrame:
@@ -223,6 +250,15 @@ def flag_conversions(conversions: DataFrame, clicks: DataFrame, window_days: int
         ),
     )
     return flagged
+
+
+def flag_raw(raw: dict[str, DataFrame], scenarios: Sequence[str], window_days: int) -> dict[str, DataFrame]:
+    """Apply the quarantine rules to every raw table (adds `reason`): the one order both jobs use."""
+    impressions = flag_impressions(raw["impressions"], scenarios)
+    clicks = flag_clicks(raw["clicks"], usable(impressions), window_days)
+    impressions = flag_clicked_before_shown(impressions, clicks)
+    conversions = flag_conversions(raw["conversions"], clicks, window_days)
+    return {"impressions": impressions, "clicks": clicks, "conversions": conversions}
 
 
 def usable(flagged: DataFrame) -> DataFrame:

@@ -1,4 +1,5 @@
-"""build_samples on hand-made raw partitions: labels, every quarantine reason, accounting, idempotent re-runs."""
+"""build_samples on hand-made raw partitions: labels, every quarantine reason, accounting, idempotent re-runs;
+on simulated days: the quarantine share check_samples bounds."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 from pyspark.testing import assertDataFrameEqual
 
 from msmt import lake, schemas
+from msmt.simulate import SimConfig, simulate
 from spark_jobs import build_samples
+from spark_jobs.checks import DataCheckError, check_samples
 from spark_jobs.common import MissingPartitionError
 
 pytestmark = pytest.mark.integration
@@ -66,7 +69,7 @@ def write_day(settings) -> None:
         [
             impression("i1", at(SD, 10)),  # duplicate click -> click counted once, converted
             impression("i2", at(SD, 11), "search"),  # clicked, conversion after the window
-            impression("i3", at(SD, 12), "detail_page"),  # only a click before it -> 0 / 0
+            impression("i3", at(SD, 12), "detail_page"),  # only a click before it -> clicked_before_shown
             impression("i4", at(SD, 12), "mini_app"),  # clicked, converted the same day
             impression("i5", at(SD, 23, 30)),  # clicked the next day, converted two days later
             impression("i1", at(SD, 14)),  # duplicate_impression
@@ -128,7 +131,6 @@ def test_labels_quarantine_and_accounting(spark, settings):
         [
             ("i1", "homefeed", 0, 10, 1, 1),
             ("i2", "search", 1, 11, 1, 0),
-            ("i3", "detail_page", 2, 12, 0, 0),
             ("i4", "mini_app", 3, 12, 1, 1),
             ("i5", "homefeed", 0, 23, 1, 1),
         ],
@@ -146,6 +148,7 @@ def test_labels_quarantine_and_accounting(spark, settings):
             ("impressions", "i7", "unknown_scenario"),
             ("impressions", "i8", "ts_outside_day"),
             ("impressions", "i9", "bad_position"),
+            ("impressions", "i3", "clicked_before_shown"),
             ("clicks", "c1b", "duplicate_click"),
             ("clicks", "c9", "orphan_click"),
             ("clicks", "c10", "click_before_impression"),
@@ -165,7 +168,7 @@ def test_labels_quarantine_and_accounting(spark, settings):
     assert stats["raw"] == {"impressions": 10, "clicks": 7, "conversions": 4}
     assert stats["quarantine"]["clicks"] == {"click_before_impression": 1, "duplicate_click": 1, "orphan_click": 1}
     assert stats["scenarios"]["homefeed"] == {"rows": 2, "clicks": 2, "conversions": 2, "ctr": 1.0, "cvr": 1.0}
-    assert stats["samples"] == 5 and stats["ctr"] == pytest.approx(0.8)
+    assert stats["samples"] == 4 and stats["ctr"] == pytest.approx(1.0)
 
 
 def test_rerun_overwrites_exactly_that_day(spark, settings):
@@ -189,3 +192,48 @@ def test_rerun_overwrites_exactly_that_day(spark, settings):
 def test_missing_day_is_a_clear_error(spark, settings):
     with pytest.raises(MissingPartitionError, match="raw/impressions for ds=2026-01-05"):
         build_samples.run(spark, settings, SD)
+
+
+def test_a_click_stamped_before_its_next_day_impression_is_named_and_that_impression_is_no_negative(spark, settings):
+    """Click at 23:59 of SD, its impression at 00:01 of SD+1: the clock is broken, the label unknown."""
+    nxt = lake.shift(SD, 1)
+    write_raw(settings, "impressions", SD, [impression("a", at(SD, 10))])
+    write_raw(settings, "clicks", SD, [click("early", "j1", at(SD, 23, 59))])
+    write_raw(settings, "impressions", nxt, [impression("j1", at(nxt, 0, 1)), impression("b", at(nxt, 12))])
+    for name in ("clicks", "conversions"):
+        write_raw(settings, name, nxt, [])
+    write_raw(settings, "conversions", SD, [])
+
+    assert build_samples.run(spark, settings, SD)["quarantine"]["clicks"] == {"click_before_impression": 1}
+    stats = build_samples.run(spark, settings, nxt)
+
+    samples = spark.read.parquet(lake.samples(settings, nxt))
+    assert [(r.impression_id, r.click) for r in samples.collect()] == [("b", 0)]
+    quarantined = spark.read.parquet(lake.quarantine(settings, nxt)).where("source = 'impressions'")
+    assert [(r.record_id, r.reason) for r in quarantined.collect()] == [("j1", "clicked_before_shown")]
+    assert samples.count() + quarantined.count() == stats["raw"]["impressions"] == 2
+
+
+def test_simulated_days_stay_under_the_quarantine_bound_and_a_broken_upstream_does_not(spark, settings):
+    """The e2e test's tiny world: a normal day passes with margin; 45% of conversions losing their click fails."""
+    simulate(settings, "2026-01-01", 5, 10_000, seed=3, config=SimConfig(n_users=2_000, n_items=500), progress=False)
+    sd = "2026-01-04"  # the first day with conversions landing after the window: quarantined, not bounded
+    build_samples.run(spark, settings, sd)
+    shares = {share["table"]: share for share in check_samples(settings, sd)["quarantine"]}
+    assert shares["conversions"]["reasons"]["after_attribution_window"] > 0
+    assert all(share["share"] < settings.max_quarantine_rate / 2 for share in shares.values())
+
+    path = Path(lake.raw(settings, "conversions", sd), "part-0.parquet")
+    conversions = pq.read_table(path)
+    lost = [f"lost-{i}" if i % 20 < 9 else c for i, c in enumerate(conversions["click_id"].to_pylist())]
+    pq.write_table(conversions.set_column(1, "click_id", pa.array(lost, pa.string())), path)
+    stats = build_samples.run(spark, settings, sd)
+    with pytest.raises(DataCheckError) as failure:
+        check_samples(settings, sd)
+
+    raw, unmatched = stats["raw"]["conversions"], stats["quarantine"]["conversions"]["no_matching_click"]
+    assert unmatched / raw > 0.44
+    prefix = f"raw conversions ds={sd}: "
+    (line,) = [line for line in str(failure.value).splitlines() if line.strip().startswith(prefix)]
+    assert f"of {raw:,} rows quarantined (no_matching_click {unmatched / raw:.1%}" in line
+    assert line.endswith("above MSMT_MAX_QUARANTINE_RATE 5%")
