@@ -61,10 +61,13 @@ def discard(directory: str | os.PathLike | None) -> None:
     Once the outputs are written the checkpoint is spent; kept, it would make a
     re-run of the day on corrected data "resume" the finished training instead
     of training again, and it would fill the training pod's volume day by day.
+    The temporary file of a save that a kill -9 interrupted goes too.
     """
     if not directory:
         return
     path_in(directory).unlink(missing_ok=True)
+    for orphan in Path(directory).glob(f".{FILE_NAME}.*.tmp"):
+        orphan.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # not empty, or already gone
         Path(directory).rmdir()
 

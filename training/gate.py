@@ -1,5 +1,5 @@
 """Promotion gate: the challenger must not be significantly worse than the champion in any
-(scenario, task) cell that has enough data to judge (numpy only).
+(scenario, task) cell that has enough data to judge, and at least one cell must have it (numpy only).
 
 Per gated cell (higher-is-better metric; logloss is handled with the sign flipped):
 - first run (no champion): fail if challenger < `floor`;
@@ -9,6 +9,13 @@ Per gated cell (higher-is-better metric; logloss is handled with the sign flippe
 Cells with fewer than `min_rows` rows or `min_positives` positives, listed in
 `advisory_scenarios`, or with an undefined metric are advisory: shown, never failing.
 `floor` applies to AUC only (a floor on logloss would be meaningless).
+
+A decision in which no cell was judged (pass or fail) does not pass: on a few hundred
+rows every cell is advisory, and "nothing failed" then says nothing about the model
+(challengers with AUC 0.35–0.47 became champion that way). `allow_unjudged`
+(MSMT_GATE_ALLOW_UNJUDGED) lets such a decision pass, but keeps the floor wherever a
+cell has data: a cell too small to compare fails when its challenger AUC is defined
+and below `floor`. Scenarios listed in `advisory_scenarios` stay advisory either way.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ class GateRules:
     min_rows: int = 500
     min_positives: int = 25
     advisory_scenarios: tuple[str, ...] = ()
+    allow_unjudged: bool = False  # pass a decision with no judged cell (the floor still holds where there is data)
     n_boot: int = 200
     seed: int = 0
 
@@ -128,7 +136,10 @@ def decide(
             if cell["status"] != "pass":
                 reasons.append(f"{s_name}/{task} {cell['status']}: {cell['reason']}")
             cells.append(cell)
-    passed = all(c["status"] != "fail" for c in cells)
+    judged = any(c["status"] in ("pass", "fail") for c in cells)
+    if not judged:
+        reasons.append(_unjudged_reason(rules))
+    passed = all(c["status"] != "fail" for c in cells) and (judged or rules.allow_unjudged)
     rules_dict = asdict(rules) | {"advisory_scenarios": list(rules.advisory_scenarios)}  # as JSON gives it back
     return GateDecision(passed, first_run, cells, reasons, rules.metric, rules_dict)
 
@@ -138,15 +149,17 @@ def _judge(cell: dict, rules: GateRules, sign: float, first_run: bool) -> tuple[
     name = rules.metric.upper() if rules.metric == "auc" else rules.metric
     if cell["scenario"] in rules.advisory_scenarios:
         return "advisory", "scenario is advisory by configuration"
+    below_floor = rules.metric == "auc" and cell["challenger"] is not None and cell["challenger"] < rules.floor
+    under = f"challenger {name} {cell['challenger']:.4f} is below the floor {rules.floor:.4f}" if below_floor else ""
     if cell["rows"] < rules.min_rows or cell["positives"] < rules.min_positives:
-        return "advisory", (
-            f"too little data to judge ({cell['rows']} rows, {cell['positives']} positives; "
-            f"need {rules.min_rows} and {rules.min_positives})"
-        )
+        data = f"{cell['rows']} rows, {cell['positives']} positives; need {rules.min_rows} and {rules.min_positives}"
+        if below_floor and rules.allow_unjudged:
+            return "fail", f"{under} (too little data to compare, {data}; with allow_unjudged the floor still holds)"
+        return "advisory", f"too little data to judge ({data})"
     if cell["challenger"] is None:
         return "advisory", f"{name} undefined on these rows (a single label class)"
-    if rules.metric == "auc" and cell["challenger"] < rules.floor:
-        return "fail", f"challenger {name} {cell['challenger']:.4f} is below the floor {rules.floor:.4f}"
+    if below_floor:
+        return "fail", under
     if first_run:
         return "pass", "first run: above the floor"
     if cell["diff"] is None or cell["ci_low"] is None:
@@ -156,3 +169,12 @@ def _judge(cell: dict, rules: GateRules, sign: float, first_run: bool) -> tuple[
     if gain_hi < 0 and gain < -rules.max_drop:
         return "fail", f"significant drop: {interval} is wholly worse and beyond the tolerance {rules.max_drop}"
     return "pass", f"{interval} within tolerance"
+
+
+def _unjudged_reason(rules: GateRules) -> str:
+    """Why a decision without a single judged cell fails (or, with allow_unjudged, passes)."""
+    need = f"need {rules.min_rows} rows and {rules.min_positives} positives per cell"
+    missing = f"no cell had enough data to be judged ({need})"
+    if rules.allow_unjudged:
+        return f"{missing}; passing anyway because MSMT_GATE_ALLOW_UNJUDGED=true"
+    return f"{missing}; set MSMT_GATE_ALLOW_UNJUDGED=true to promote anyway"

@@ -8,11 +8,20 @@ move is audited twice: a registered-model tag `alias_history.<UTC stamp>.<alias>
 and a model-version tag `<alias>.assigned`, each holding JSON {alias, from,
 to, by, at, why}.
 
+`promote` trusts the registry, not the decision dict it is handed: the
+challenger version's own tags must say its gate ran and passed for that decision
+(`gate.decision=pass`, same `gate.eval_ds` and `gate.champion_version`). A new
+version is tagged `gate.decision=pending` at registration (training.train), so an
+ungated version is visibly so and cannot be promoted by a forged or stale dict.
+
 `promote` is compare-and-set: the alias moves only if `champion` is still the
 version the challenger was compared with, so a stale decision (another run
 promoted, or someone rolled back, meanwhile) cannot overwrite a newer champion.
-MLflow has no conditional alias update, so the check and the move are two
-calls; the DAG's `max_active_runs=1` keeps that window to concurrent humans.
+MLflow has no conditional alias update, so the read, the check and the moves run
+under the `champion` lock (msmt.locks), as does `rollback`: two promotions
+released together serialise, and the second finds the champion moved. That lock
+spans the processes sharing `MSMT_HOME`; a profile whose promotions run on
+several machines needs the lock in a shared service.
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from msmt import lake, storage
+from msmt import lake, locks, storage
+from msmt.errors import StopRun
 from msmt.settings import Settings
 from training.data import TensorData, encode, read_held_out
 from training.gate import GateRules, decide
@@ -37,10 +47,12 @@ from training.trainer import predict
 
 CHAMPION = "champion"
 PREVIOUS = "previous_champion"
+LOCK = "champion"
+LOCK_WAIT_S = 60.0  # an alias move takes well under a second; a minute covers a slow registry, not a hung one
 
 
-class PromotionError(RuntimeError):
-    """An alias move refused: stale decision, or nothing to roll back to."""
+class PromotionError(StopRun):
+    """An alias move refused: ungated version, stale decision, or nothing to roll back to."""
 
 
 def evaluate_and_gate(settings: Settings, training_set_uri: str, eval_ds: str, challenger_version: str) -> dict:
@@ -68,6 +80,7 @@ def evaluate_and_gate(settings: Settings, training_set_uri: str, eval_ds: str, c
         min_rows=settings.gate_min_rows,
         min_positives=settings.gate_min_positives,
         advisory_scenarios=settings.gate_advisory_scenarios,
+        allow_unjudged=settings.gate_allow_unjudged,
         n_boot=settings.gate_bootstrap,
     )
     decision = decide(
@@ -117,35 +130,64 @@ def evaluate_and_gate(settings: Settings, training_set_uri: str, eval_ds: str, c
 
 
 def promote(settings: Settings, decision: dict, actor: str | None = None) -> dict:
-    """Point `champion` at the challenger if the decision passed and is not stale.
+    """Point `champion` at the challenger if the decision passed, the version's gate tags confirm it,
+    and the decision is not stale.
 
     The old champion becomes `previous_champion`. Re-running on a decision that
     was already applied is a no-op (Airflow retries are safe). Raises
-    `PromotionError` when `champion` moved since the gate compared against it.
+    `PromotionError` when the version's tags do not say its gate passed for this
+    decision, or when `champion` moved since the gate compared against it; and
+    `msmt.locks.LockHeld` when another alias move holds the lock past `LOCK_WAIT_S`.
     """
     settings.configure_mlflow()
     client = MlflowClient()
     name = settings.registered_model
     challenger, compared_with = str(decision["challenger_version"]), decision["champion_version"]
-    current = _alias_version(client, name, CHAMPION)
     if not decision["passed"]:
+        current = _alias_version(client, name, CHAMPION)
         return {"promoted": False, "champion": current, "reason": f"gate failed for v{challenger}"}
-    if current == challenger:
-        return {"promoted": False, "champion": current, "reason": f"v{challenger} is already the champion"}
-    if current != compared_with:
-        raise PromotionError(
-            f"stale decision: v{challenger} was compared with champion {_label(compared_with)}, "
-            f"but champion is now {_label(current)}; re-run the gate against the current champion"
-        )
-    actor = actor or getpass.getuser()
-    why = f"gate passed on {decision.get('eval_ds')} against {_label(compared_with)}"
-    moves = []
-    if current is not None:
-        moves.append(_move_alias(client, name, PREVIOUS, current, actor, f"replaced by v{challenger}"))
-        client.set_model_version_tag(name, current, "status", "retired")
-    moves.append(_move_alias(client, name, CHAMPION, challenger, actor, why))
-    client.set_model_version_tag(name, challenger, "status", "champion")
+    with locks.hold(settings, LOCK, f"promotion of v{challenger}", wait_s=LOCK_WAIT_S):
+        _check_gate_tags(client, name, decision)
+        current = _alias_version(client, name, CHAMPION)
+        if current == challenger:
+            return {"promoted": False, "champion": current, "reason": f"v{challenger} is already the champion"}
+        if current != compared_with:
+            raise PromotionError(
+                f"stale decision: v{challenger} was compared with champion {_label(compared_with)}, "
+                f"but champion is now {_label(current)}; re-run the gate against the current champion"
+            )
+        actor = actor or getpass.getuser()
+        why = f"gate passed on {decision.get('eval_ds')} against {_label(compared_with)}"
+        moves = []
+        if current is not None:
+            moves.append(_move_alias(client, name, PREVIOUS, current, actor, f"replaced by v{challenger}"))
+            client.set_model_version_tag(name, current, "status", "retired")
+        moves.append(_move_alias(client, name, CHAMPION, challenger, actor, why))
+        client.set_model_version_tag(name, challenger, "status", "champion")
     return {"promoted": True, "champion": challenger, "previous_champion": current, "reason": why, "moves": moves}
+
+
+def _check_gate_tags(client: MlflowClient, name: str, decision: dict) -> None:
+    """Refuse unless the version's own tags record a passing gate for this very decision.
+
+    The decision dict travels through XCom, files and people's hands; the tags are
+    written by `evaluate_and_gate` next to the version itself, so a version whose
+    gate never ran (`gate.decision=pending`), failed, or ran for another day or
+    against another champion is not promoted on the strength of a dict.
+    """
+    version = str(decision["challenger_version"])
+    tags = client.get_model_version(name, version).tags
+    recorded = {key: tags.get(f"gate.{key}", "missing") for key in ("decision", "eval_ds", "champion_version")}
+    compared_with = decision["champion_version"]
+    claimed = {"decision": "pass", "eval_ds": str(decision.get("eval_ds")),
+               "champion_version": "none" if compared_with is None else str(compared_with)}  # fmt: skip
+    if recorded != claimed:
+        said = ", ".join(f"gate.{key}={value}" for key, value in recorded.items())
+        raise PromotionError(
+            f"v{version} has no passing gate for this decision: its tags say {said}, the decision claims "
+            f"pass on {claimed['eval_ds']} against {_label(compared_with)}; "
+            f"run the gate (evaluate_model) on v{version} against the current champion first"
+        )
 
 
 def rollback(settings: Settings, actor: str | None = None, reason: str = "manual rollback") -> dict:
@@ -153,19 +195,20 @@ def rollback(settings: Settings, actor: str | None = None, reason: str = "manual
     settings.configure_mlflow()
     client = MlflowClient()
     name = settings.registered_model
-    previous = _alias_version(client, name, PREVIOUS)
-    if previous is None:
-        raise PromotionError(f"{name} has no {PREVIOUS} alias: nothing to roll back to")
-    actor = actor or getpass.getuser()
-    current = _alias_version(client, name, CHAMPION)
-    moves = [
-        _move_alias(client, name, CHAMPION, previous, actor, f"rollback: {reason}"),
-        _move_alias(client, name, PREVIOUS, None, actor, f"rollback: {reason}"),
-    ]
-    client.set_model_version_tag(name, previous, "status", "champion")
-    if current is not None:
-        client.set_model_version_tag(name, current, "status", "rolled_back")
-        client.set_model_version_tag(name, current, "rolled_back", json.dumps(moves[0]))
+    with locks.hold(settings, LOCK, f"rollback of {name}", wait_s=LOCK_WAIT_S):
+        previous = _alias_version(client, name, PREVIOUS)
+        if previous is None:
+            raise PromotionError(f"{name} has no {PREVIOUS} alias: nothing to roll back to")
+        actor = actor or getpass.getuser()
+        current = _alias_version(client, name, CHAMPION)
+        moves = [
+            _move_alias(client, name, CHAMPION, previous, actor, f"rollback: {reason}"),
+            _move_alias(client, name, PREVIOUS, None, actor, f"rollback: {reason}"),
+        ]
+        client.set_model_version_tag(name, previous, "status", "champion")
+        if current is not None:
+            client.set_model_version_tag(name, current, "status", "rolled_back")
+            client.set_model_version_tag(name, current, "rolled_back", json.dumps(moves[0]))
     return {"champion": previous, "rolled_back": current, "moves": moves}
 
 

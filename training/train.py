@@ -5,18 +5,32 @@ The run holds what a reviewer needs to trust (or reproduce) the model: params
 scenario × task AUC / logloss on the held-out day with a chart, the training
 partition as a dataset input whose digest is a hash of the partition's files
 (same bytes ⇔ same digest), and the pyfunc model, registered as a new version
-of `settings.registered_model` tagged `status=challenger`. Only the gate
-(training.promotion) moves the `champion` alias.
+of `settings.registered_model` tagged `status=challenger` and
+`gate.decision=pending`. Only the gate (training.promotion) judges it, and only a
+version whose tags say it passed can become `champion`.
 
 Training itself runs in its own process group (training.worker under torchrun,
 `settings.train_workers` ranks) or, in the cluster profile, in a GPU pod that
 wrote its outputs to `trained_dir` beforehand; this process only logs.
+
+A kill -9 must not cost the day its progress nor leave a lie in MLflow. The
+worker checkpoints to `<home>/checkpoints/<eval_ds>/<model>-<key>` (`checkpoint_dir`),
+stable for the same model, configuration and training-set bytes, so a re-run of
+the day resumes there (and trains afresh when any of them changed); the worker
+removes it once its outputs are written. Each run is tagged with this process's
+host and pid (`msmt.host`, `msmt.pid`), and a re-run of the day first marks FAILED
+the runs of that day its host left RUNNING with a pid that no longer exists.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import logging
 import math
+import os
+import socket
 import tempfile
 import warnings
 from dataclasses import asdict
@@ -27,6 +41,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 from matplotlib.figure import Figure
+from mlflow import MlflowClient
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.models import infer_signature
@@ -36,10 +51,14 @@ from training import hparams
 from training.data import default_spec, encode, read_held_out, rows_per_day
 from training.models import build_model
 from training.pyfunc import log_ranker
-from training.trainer import score_cells
+from training.trainer import TrainConfig, score_cells
 from training.worker import launch, read_metrics, read_state_dict, split_overrides
 
 CELL_METRICS = ("auc", "logloss")
+HOST_TAG, PID_TAG = "msmt.host", "msmt.pid"
+PENDING = {"gate.decision": "pending"}  # until training.promotion.evaluate_and_gate judges the version
+
+log = logging.getLogger("msmt.training")
 
 
 def train_model(
@@ -72,10 +91,14 @@ def train_model(
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_name, spec, **model_overrides)
     model_config = asdict(model.config)
+    digest = partition_digest(training_set_uri)
+    ckpt = train_cfg.checkpoint_dir or checkpoint_dir(settings, eval_ds, model_name, train_cfg, model_config, digest)
 
     settings.configure_mlflow()
+    fail_dead_runs(settings, eval_ds)
     with mlflow.start_run(run_name=run_name or f"{model_name}-{eval_ds}") as run:
-        mlflow.set_tags({"msmt.model": model_name, "msmt.eval_ds": eval_ds})
+        process = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}  # see fail_dead_runs
+        mlflow.set_tags({"msmt.model": model_name, "msmt.eval_ds": eval_ds, **process})
         mlflow.log_params(
             {
                 "model": model_name,
@@ -91,17 +114,21 @@ def train_model(
                 "training_set_uri": training_set_uri,
             }
         )
-        mlflow.log_input(_training_dataset(training_set_uri, eval_table), context="training")
+        mlflow.log_input(_training_dataset(training_set_uri, eval_table, digest), context="training")
         with tempfile.TemporaryDirectory(prefix="msmt-train-") as scratch:
             out = trained_dir or scratch
             if trained_dir is None:
-                workers = settings.train_workers
-                launch(settings, training_set_uri, eval_ds, model_name, out, overrides, workers)
+                mlflow.set_tag("msmt.checkpoint_dir", ckpt)
+                launch(settings, training_set_uri, eval_ds, model_name, out, overrides, settings.train_workers, ckpt)
+                with contextlib.suppress(OSError):  # the day's directory, once its last checkpoint is spent
+                    (settings.home / "checkpoints" / eval_ds).rmdir()
             fitted = read_metrics(out)
             model.load_state_dict(read_state_dict(out))
         for step, epoch_metrics in enumerate(fitted["history"]):
             mlflow.log_metrics(epoch_metrics, step=step)
         mlflow.set_tags({"msmt.device": fitted["device"], "msmt.train_workers": fitted["world_size"]})
+        if fitted.get("resumed_from"):
+            mlflow.set_tag("msmt.resumed_from", json.dumps(fitted["resumed_from"]))
 
         cells = score_cells(model, eval_data, settings.scenarios, settings.tasks)
         metrics = {
@@ -115,17 +142,66 @@ def train_model(
         mlflow.log_figure(_auc_chart(cells, eval_ds), "eval/auc_by_cell.png")
 
         info = log_ranker(model, model_name, model_config, spec, eval_table.slice(0, 5).to_pandas())
-        version = mlflow.register_model(
-            info.model_uri,
-            settings.registered_model,
-            tags={"model": model_name, "eval_ds": eval_ds, "run_id": run.info.run_id, "status": "challenger"},
-        )
+        tags = {"model": model_name, "eval_ds": eval_ds, "run_id": run.info.run_id, "status": "challenger"}
+        version = mlflow.register_model(info.model_uri, settings.registered_model, tags=tags | PENDING)
     return {
         "run_id": run.info.run_id,
         "model_uri": f"models:/{settings.registered_model}/{version.version}",
         "version": str(version.version),
         "metrics": metrics,
     }
+
+
+def checkpoint_dir(
+    settings: Settings, eval_ds: str, model_name: str, train_cfg: TrainConfig, model_config: dict, digest: str
+) -> str:
+    """Where the worker checkpoints this training: `<home>/checkpoints/<eval_ds>/<model>-<key>`.
+
+    The key hashes everything the weights depend on (model, its config, the train
+    config, scenarios, tasks, the training set's content digest): a re-run of the
+    same day after a crash finds the checkpoint and resumes, while a re-run on
+    corrected data or other hyper-parameters trains afresh. Under the profile's
+    home, not /tmp: it has to outlive the process, and the machine's tmp cleaner.
+    """
+    key = {"model": model_name, "model_config": model_config, "train": asdict(train_cfg), "data": digest,
+           "scenarios": settings.scenarios, "tasks": settings.tasks}  # fmt: skip
+    short = hashlib.blake2b(json.dumps(key, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
+    return str(settings.home / "checkpoints" / eval_ds / f"{model_name}-{short}")
+
+
+def fail_dead_runs(settings: Settings, eval_ds: str) -> list[str]:
+    """Mark FAILED the runs of `eval_ds` that this host's processes left RUNNING and that died; their ids.
+
+    A training process killed with SIGKILL (the OOM killer, a killed task) cannot
+    end its MLflow run, which would then show RUNNING forever. A pid is only
+    meaningful on its own host, so runs of other hosts are left alone; a pid that
+    exists (maybe reused) counts as alive: better a stale RUNNING than a live run failed.
+    """
+    client = MlflowClient()
+    experiment_id = mlflow.get_experiment_by_name(settings.experiment).experiment_id
+    host = socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.`msmt.eval_ds` = '{eval_ds}' and tags.`{HOST_TAG}` = '{host}'"
+    failed = []
+    for run in client.search_runs([experiment_id], filter_string=query):
+        pid = int(run.data.tags[PID_TAG])
+        if _alive(pid):
+            continue
+        why = f"process {pid} on {host} died while the run was RUNNING; found by a re-run of {eval_ds}"
+        client.set_tag(run.info.run_id, "msmt.failed_because", why)
+        client.set_terminated(run.info.run_id, "FAILED")
+        log.warning("run %s marked FAILED: %s", run.info.run_id, why)
+        failed.append(run.info.run_id)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def partition_digest(uri: str) -> str:
@@ -149,16 +225,16 @@ def partition_digest(uri: str) -> str:
     return digest.hexdigest()
 
 
-def _training_dataset(uri: str, table: pa.Table) -> MetaDataset:
-    """The partition as an MLflow dataset: source URI, content digest, column schema (from `table`,
-    any of its days; no data copy)."""
+def _training_dataset(uri: str, table: pa.Table, digest: str) -> MetaDataset:
+    """The partition as an MLflow dataset: source URI, content `digest` (`partition_digest`), column
+    schema (from `table`, any of its days; no data copy)."""
     with warnings.catch_warnings():  # MLflow registers its local source twice; the int hint is for serving
         warnings.filterwarnings("ignore", message="The specified dataset source")
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         source = resolve_dataset_source(uri)
         schema = infer_signature(table.slice(0, 100).to_pandas()).inputs
     name = f"training_set/{uri.rstrip('/').rsplit('/', 1)[-1]}"
-    return MetaDataset(source, name=name, digest=partition_digest(uri), schema=schema)
+    return MetaDataset(source, name=name, digest=digest, schema=schema)
 
 
 def _auc_chart(cells: list[dict], eval_ds: str) -> Figure:

@@ -13,8 +13,10 @@ the training days and of the held-out day (the validation loss), and trains;
 rank 0 writes `<out>/model.pt` (the state dict, read back with
 `weights_only=True`) and `<out>/metrics.json` (per-epoch history, device,
 world size, throughput, configs). Checkpoints go to `--checkpoint-dir`
-(default `<out>/checkpoints` for a local `--out`), a restarted worker
-resumes from the last one, and a finished run removes it. MLflow is not used here: the parent logs.
+(default `<out>/checkpoints` for a local `--out`; training.train passes one that
+outlives its scratch `--out`), a restarted worker resumes from the last one
+(and says so in a progress line), and a finished run removes it. MLflow is
+not used here: the parent logs.
 
 Module level imports the standard library only, so the DAG can build the
 command (`worker_command`) without importing torch.
@@ -84,16 +86,19 @@ def launch(
     out: str | os.PathLike,
     overrides: dict | None = None,
     workers: int = 1,
+    checkpoint_dir: str | None = None,
 ) -> dict:
     """Run the worker as its own process group through torchrun; returns its metrics.json.
 
     The child gets the parent's environment plus `settings.to_env()`; its output
     goes to `<out>/worker.log`, whose tail is in the error when it fails, and its
-    progress lines (a start line, one per epoch) to the `msmt.training` log as they come.
+    progress lines (a start line, a resume line, one per epoch) to the `msmt.training`
+    log as they come. `checkpoint_dir`: where it checkpoints and resumes from (None:
+    `<out>/checkpoints`, which lives only as long as `out`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    command = worker_command(training_set, eval_ds, model, str(out), overrides, workers, python=sys.executable)
+    command = worker_command(training_set, eval_ds, model, str(out), overrides, workers, sys.executable, checkpoint_dir)
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
@@ -182,6 +187,9 @@ def run(args: argparse.Namespace) -> dict | None:
         if ctx.is_main:
             _progress(f"{args.model}: {rows['train_rows']:,} training rows, {rows['eval_rows']:,} held out, "
                       f"{train_cfg.epochs} epochs, {ctx.world_size} rank(s)")  # fmt: skip
+            saved = checkpoint.latest(checkpoint_dir) if train_cfg.resume else None
+            if saved is not None:
+                _progress(f"resuming from {saved}")
         result = fit(model, train, valid, train_cfg, on_epoch=_report_epoch(train_cfg) if ctx.is_main else None)
         if not ctx.is_main:
             return None

@@ -81,3 +81,11 @@ def test_killed_worker_resumes_from_its_last_checkpoint(job, tmp_path, monkeypat
 def test_worker_arguments_round_trip():
     args = parse_args(["--training-set", "s3://b/ts", "--eval-ds", "2026-01-04", "--model", "mmoe", "--out", "o"])
     assert json.loads(args.overrides) == {} and args.checkpoint_dir is None
+
+
+def test_discard_removes_a_save_interrupted_by_kill_9(tmp_path):
+    directory = tmp_path / "checkpoints"
+    checkpoint.save(checkpoint.path_in(directory), {"step": torch.tensor(1)})
+    (directory / f".{checkpoint.FILE_NAME}.x1y2.tmp").write_bytes(b"half a checkpoint")  # what SIGKILL leaves
+    checkpoint.discard(directory)
+    assert not directory.exists()

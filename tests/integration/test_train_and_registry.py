@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from pathlib import Path
 
 import mlflow
@@ -120,6 +122,11 @@ def test_train_model_logs_a_registered_challenger(env, caplog):
     version = client.get_model_version(settings.registered_model, result["version"])
     assert version.run_id == run.info.run_id
     assert version.tags["status"] == "challenger" and version.tags["eval_ds"] == EVAL_DS
+    assert version.tags["gate.decision"] == "pending"  # visibly ungated until evaluate_and_gate runs
+    assert run.data.tags["msmt.pid"] == str(os.getpid()) and run.data.tags["msmt.host"] == socket.gethostname()
+    assert "msmt.resumed_from" not in run.data.tags  # a fresh start
+    checkpoints = Path(run.data.tags["msmt.checkpoint_dir"])  # in the profile's home, not /tmp; spent on success
+    assert checkpoints.parent == settings.home / "checkpoints" / EVAL_DS and not checkpoints.parent.exists()
     assert result["model_uri"] == f"models:/{settings.registered_model}/{result['version']}"
 
     pyfunc = mlflow.pyfunc.load_model(result["model_uri"])
@@ -154,6 +161,7 @@ def test_gate_promotes_refuses_and_rolls_back(env, capsys):
     bad = train_model(settings, uri, EVAL_DS, overrides={**FAST, "lr": 0.0}, run_name="untrained")["version"]
     second, third = (evaluate_and_gate(settings, uri, EVAL_DS, v) for v in (v2, v3))
     assert second["passed"] and second["champion_version"] == v1, second["reasons"]
+    assert client.get_model_version(name, v2).tags["gate.decision"] == "pass"
     assert third["passed"] and third["champion_version"] == v1, third["reasons"]
     mini_app = [c for c in second["cells"] if c["scenario"] == "mini_app"]
     assert {c["status"] for c in mini_app} == {"advisory"}

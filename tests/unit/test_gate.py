@@ -107,3 +107,50 @@ def test_matrix_and_json_round_trip():
     assert back == decision
     first = run(model(data[0], 0.5, 1), None, data)
     assert "(first run)" in first.format_matrix() and json.dumps(first.to_dict(), allow_nan=False)
+
+
+UNJUDGED = (
+    "no cell had enough data to be judged (need 500 rows and 25 positives per cell); "
+    "set MSMT_GATE_ALLOW_UNJUDGED=true to promote anyway"
+)
+
+
+def test_a_decision_without_a_judged_cell_fails_unless_allowed():
+    data = held_out(n=400, tail=40)  # every cell below min_rows: all advisory
+    good = model(data[0], 0.5, 1)
+    for champion in (None, model(data[0], 0.5, 2)):
+        decision = run(good, champion, data)
+        assert {c["status"] for c in decision.cells} == {"advisory"}
+        assert not decision.passed and decision.reasons[-1] == UNJUDGED
+        assert "gate on auc: FAILED" in decision.format_matrix()
+        allowed = run(good, champion, data, allow_unjudged=True)
+        assert allowed.passed and allowed.reasons[-1].endswith("passing anyway because MSMT_GATE_ALLOW_UNJUDGED=true")
+    _, labels, mask, scenario, groups = data
+    no_positives = decide(good, None, np.zeros_like(labels), mask, scenario, groups, SCENARIOS, TASKS, GateRules())
+    assert all(c["challenger"] is None for c in no_positives.cells)  # no evaluable cell at all
+    assert not no_positives.passed and no_positives.reasons[-1] == UNJUDGED
+
+
+def test_allow_unjudged_keeps_the_floor_wherever_a_cell_has_data():
+    data = held_out(n=400, tail=40)
+    inverted = 1 - model(data[0], 0.5, 1)  # AUC far below the floor on every cell
+    decision = run(inverted, None, data, allow_unjudged=True)
+    assert not decision.passed
+    assert {c["status"] for c in decision.cells} == {"fail"}
+    cell = decision.cells[0]
+    assert cell["reason"] == (
+        f"challenger AUC {cell['challenger']:.4f} is below the floor 0.5500 (too little data to compare, "
+        f"{cell['rows']} rows, {cell['positives']} positives; need 500 and 25; "
+        "with allow_unjudged the floor still holds)"
+    )
+    assert run(inverted, None, data, allow_unjudged=True, advisory_scenarios=tuple(SCENARIOS)).passed  # by choice
+    _, labels, mask, scenario, groups = data
+    rules = GateRules(allow_unjudged=True)
+    undefined = decide(inverted, None, np.zeros_like(labels), mask, scenario, groups, SCENARIOS, TASKS, rules)
+    assert undefined.passed and {c["status"] for c in undefined.cells} == {"advisory"}  # no AUC: nothing to floor
+    big = held_out()
+    small_tail = big[3] == 2
+    challenger = model(big[0], 0.5, 1)
+    challenger[small_tail] = 1 - challenger[small_tail]  # only the small scenario collapses
+    assert run(challenger, None, big).passed  # without allow_unjudged a small cell stays advisory
+    assert not run(challenger, None, big, allow_unjudged=True).passed
