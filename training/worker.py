@@ -105,7 +105,7 @@ def launch(
     log_path = out / "worker.log"
     with open(log_path, "w") as worker_log:
         proc = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace")  # fmt: skip
+                                text=True, errors="replace", preexec_fn=_die_with_parent)  # fmt: skip
         for line in proc.stdout:
             worker_log.write(line)
             if line.startswith(PROGRESS):  # progress reaches the task's log as it happens
@@ -115,6 +115,20 @@ def launch(
         tail = log_path.read_text(errors="replace")[-4000:]
         raise RuntimeError(f"training worker failed (exit {returncode}); {log_path} ends with:\n{tail}")
     return read_metrics(str(out))
+
+
+def _die_with_parent() -> None:
+    """In the torchrun child, before exec: ask Linux for SIGTERM when the launching thread dies.
+
+    A launcher killed with SIGKILL cannot stop its children; without this, torchrun
+    and its workers would train on, orphaned, and keep writing the checkpoint that
+    the re-run of the day resumes from. torchrun passes the SIGTERM on to its workers.
+    """
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _filesystem(uri: str):
