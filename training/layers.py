@@ -10,15 +10,33 @@ from collections.abc import Sequence
 from itertools import pairwise
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from training.data import FeatureSpec
 
+NORMS = ("none", "batch", "layer")
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+class BatchNormLastDim(nn.BatchNorm1d):
+    """BatchNorm1d over the last axis of `(…, d)`: every leading axis counts as rows."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).view_as(x)  # (…, d)
+
 
 class MLP(nn.Sequential):
-    """Linear → activation → dropout per layer; `dims` = [in, hidden…, out].
+    """Linear → [norm] → activation → dropout per layer; `dims` = [in, hidden…, out].
 
-    `activate_last=False` leaves the last Linear bare (a logit head).
+    `activate_last=False` leaves the last Linear bare (a logit head). `norm`:
+    "none" (default: no module is added, so outputs, parameter names and the
+    random init are those of an MLP without the option), "batch" (BatchNorm1d)
+    or "layer" (LayerNorm), between each activated Linear and its activation.
     """
 
     def __init__(
@@ -27,17 +45,42 @@ class MLP(nn.Sequential):
         dropout: float = 0.0,
         activation: type[nn.Module] = nn.ReLU,
         activate_last: bool = True,
+        norm: str = "none",
     ) -> None:
         if len(dims) < 2 or any(d <= 0 for d in dims):
             raise ValueError(f"MLP needs at least [in, out] positive dims, got {list(dims)}")
+        _check_norm(norm)
         layers: list[nn.Module] = []
         for i, (d_in, d_out) in enumerate(pairwise(dims)):
             layers.append(nn.Linear(d_in, d_out))
             if activate_last or i < len(dims) - 2:
+                if norm != "none":
+                    layers.append(BatchNormLastDim(d_out) if norm == "batch" else nn.LayerNorm(d_out))
                 layers.append(activation())
                 if dropout > 0:
                     layers.append(nn.Dropout(dropout))
         super().__init__(*layers)
+
+
+class ParallelNorm(nn.Module):
+    """Per-network batch or layer norm of `(n, B, d)` activations, own affine (and statistics) per network."""
+
+    def __init__(self, kind: str, n: int, d: int) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "batch":
+            self.norm = nn.BatchNorm1d(n * d)  # one channel per (network, unit)
+        else:
+            self.weight = nn.Parameter(torch.ones(n, d))
+            self.bias = nn.Parameter(torch.zeros(n, d))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h `(n, B, d)` → `(n, B, d)`."""
+        n, B, d = h.shape
+        if self.kind == "batch":
+            rows = h.transpose(0, 1).reshape(B, n * d)  # (B, n*d)
+            return self.norm(rows).view(B, n, d).transpose(0, 1)  # (n, B, d)
+        return torch.addcmul(self.bias.unsqueeze(1), F.layer_norm(h, (d,)), self.weight.unsqueeze(1))  # (n, B, d)
 
 
 class ParallelMLP(nn.Module):
@@ -46,6 +89,7 @@ class ParallelMLP(nn.Module):
     Experts and task towers are small, so on a GPU their cost is kernel launches:
     stacking their weights turns n launches per layer into one.
     Input `(B, d_in)` (shared by all n) or `(B, n, d_in)`; output `(B, n, d_out)`.
+    `norm` as in `MLP` ("none" adds nothing), per network.
     """
 
     def __init__(
@@ -55,17 +99,21 @@ class ParallelMLP(nn.Module):
         dropout: float = 0.0,
         activation: type[nn.Module] = nn.ReLU,
         activate_last: bool = True,
+        norm: str = "none",
     ) -> None:
         super().__init__()
         if n < 1 or len(dims) < 2 or any(d <= 0 for d in dims):
             raise ValueError(f"ParallelMLP needs n >= 1 and positive [in, out] dims, got n={n}, dims={list(dims)}")
-        self.n, self.dims, self.activate_last = n, list(dims), activate_last
+        _check_norm(norm)
+        self.n, self.dims, self.activate_last, self.norm = n, list(dims), activate_last, norm
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for d_in, d_out in pairwise(dims):
             bound = 1 / math.sqrt(d_in)  # nn.Linear's default init, per network
             self.weights.append(nn.Parameter(torch.empty(n, d_in, d_out).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(n, d_out).uniform_(-bound, bound)))
+        n_norms = len(self.weights) if activate_last else len(self.weights) - 1  # activated layers only
+        self.norms = nn.ModuleList(ParallelNorm(norm, n, d) for d in dims[1 : 1 + n_norms]) if norm != "none" else None
         self.activation = activation()
         self.dropout = nn.Dropout(dropout)
 
@@ -89,6 +137,8 @@ class ParallelMLP(nn.Module):
             else:
                 h = torch.baddbmm(b.unsqueeze(1), h, w)  # (n, B, d_out)
             if self.activate_last or i < last:
+                if self.norms is not None:
+                    h = self.norms[i](h)  # (n, B, d_out)
                 h = self.dropout(self.activation(h))
         return h.transpose(0, 1)  # (B, n, d_out)
 
@@ -159,3 +209,65 @@ class GradientReversal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return -ctx.scale * grad, None
+
+
+_CHUNKS_PER_SCENARIO = 8  # chunk size ⌈B / (8·S)⌉: at most ~1/8 of the rows are padding
+
+
+class ScenarioChunks:
+    """The batch's rows regrouped into K fixed-size chunks of c rows, each holding rows of one scenario.
+
+    Chunk k is a small dense batch for the weights of scenario `owner[k]`, so per-scenario
+    weights (HiNet's experts, MDL's scenario tokens) run on their own rows only. K = ⌈B/c⌉ + S − 1
+    chunks fit any split of B rows into S scenarios, so every shape follows from B and S: no host
+    sync, and unused chunks are padding (zeros, owner S − 1) that is computed and never read.
+    """
+
+    def __init__(self, scenario: torch.Tensor, n_scenarios: int) -> None:
+        B, S, device = scenario.shape[0], n_scenarios, scenario.device
+        self.scenario = scenario  # (B,)
+        self.size = c = max(1, math.ceil(B / (_CHUNKS_PER_SCENARIO * S)))
+        self.n_chunks = math.ceil(B / c) + S - 1  # K
+        counts = torch.zeros(S, dtype=torch.long, device=device).index_add_(0, scenario, torch.ones_like(scenario))
+        chunks = (counts + c - 1) // c  # (S,) chunks per scenario
+        order = torch.argsort(scenario, stable=True)  # (B,) rows grouped by scenario
+        rank = torch.empty_like(scenario)  # (B,) rank of each row among its scenario's rows
+        rank[order] = torch.arange(B, device=device) - (counts.cumsum(0) - counts)[scenario[order]]
+        self.slot = (chunks.cumsum(0) - chunks)[scenario] * c + rank  # (B,): row b → flat slot of the (K·c) layout
+        ends = chunks.cumsum(0)  # (S,) one past each scenario's last chunk
+        self.owner = torch.searchsorted(ends, torch.arange(self.n_chunks, device=device), right=True).clamp(max=S - 1)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """x `(B, …)` → `(K, c, …)`, zeros in the padding."""
+        flat = x.new_zeros(self.n_chunks * self.size, *x.shape[1:]).index_copy(0, self.slot, x)  # (K*c, …)
+        return flat.view(self.n_chunks, self.size, *x.shape[1:])  # (K, c, …)
+
+    def unpad(self, y: torch.Tensor) -> torch.Tensor:
+        """y `(K, c, …)` → `(B, …)`."""
+        return y.flatten(0, 1).index_select(0, self.slot)  # (B, …)
+
+
+def run_networks(mlp: ParallelMLP, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Group g runs only networks `index[g]` of `mlp` on its rows.
+
+    x `(G, r, d_in)` (shared by the group's networks) or `(G, n, r, d_in)`, index `(G, n)` → `(G, n, r, d_out)`;
+    the same values as `mlp` on those rows, read at those networks.
+    """
+    if mlp.norm != "none":
+        raise ValueError("a ParallelMLP with a norm cannot run a subset of its networks")
+    G, n = index.shape
+    h, last = x, len(mlp.weights) - 1
+    for i, (w, b) in enumerate(zip(mlp.weights, mlp.biases, strict=True)):
+        d_in, d_out = w.shape[1:]
+        w, b = w[index], b[index]  # (G, n, d_in, d_out), (G, n, d_out)
+        if h.dim() == 3:  # one GEMM per group against its networks side by side
+            side = w.permute(0, 2, 1, 3).reshape(G, d_in, n * d_out)  # (G, d_in, n*d_out)
+            h = torch.baddbmm(b.view(G, 1, n * d_out), h, side)  # (G, r, n*d_out)
+            h = h.view(G, -1, n, d_out).transpose(1, 2)  # (G, n, r, d_out)
+        else:
+            r = h.shape[2]
+            h = torch.baddbmm(b.view(G * n, 1, d_out), h.reshape(G * n, r, d_in), w.view(G * n, d_in, d_out))
+            h = h.view(G, n, r, d_out)  # (G, n, r, d_out)
+        if mlp.activate_last or i < last:
+            h = mlp.dropout(mlp.activation(h))
+    return h

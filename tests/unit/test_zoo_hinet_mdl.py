@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import SPEC
+from tiny import SPEC, no_host_sync
 
 from training.data import default_spec, synthetic
+from training.layers import MLP, ParallelMLP, ScenarioChunks
 from training.models import build_model
+from training.models import hinet as hinet_module
+from training.models.hinet import HinetConfig
 from training.models.mdl import semantic_groups
 from training.trainer import masked_bce
 
@@ -31,6 +36,18 @@ def model(name: str, **overrides):
 def changed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per row: does any entry differ by more than float noise?"""
     return ((a - b).abs() > 1e-5).reshape(len(a), -1).any(dim=1)
+
+
+def refuse(*_args, **_kwargs):
+    raise AssertionError("this computation should not run")
+
+
+def scenario_batches() -> list[dict[str, torch.Tensor]]:
+    """Interleaved scenarios, a batch of one scenario, and one where scenario 1 is absent."""
+    mixed, single, absent = batch(64), batch(10), batch(30)
+    single["scenario"][:] = 2
+    absent["scenario"] = torch.where(absent["scenario"] == 1, 0, absent["scenario"])
+    return [mixed, single, absent]
 
 
 # ---------------------------------------------------------------- HiNet
@@ -168,6 +185,108 @@ def test_hinet_scenario_id_feeds_san_only_by_default():
     assert model("hinet", scenario_in_input=True).input_fields.tolist() == [0, 1, 2, 3, 4]
 
 
+def test_hinet_cgc_gate_is_the_paper_softmax_by_default():
+    """Every slot mixes its experts with softmax(W C); "relu_softmax" (the SEI quirk) flattens negative scores."""
+    b = batch()
+    out = {}
+    for gate in ("softmax", "relu_softmax"):
+        hinet, B = model("hinet", cgc_gate=gate), len(b["scenario"])
+        cgc = hinet.cgc
+        P, E = cgc.n_slots, cgc.n_experts
+        with torch.no_grad():  # every gate score negative and different
+            cgc.gates.weight.zero_()
+            cgc.gates.bias.copy_(-0.5 * torch.arange(1.0, 1.0 + P * E))
+        c = hinet.extract_scenarios(b)
+        own = cgc.experts(c).unflatten(1, (P, cgc.n_own))  # (B, P, E_own, D)
+        experts = torch.cat([own, cgc.shared(c).unsqueeze(1).expand(-1, P, -1, -1)], dim=2)  # (B, P, E, D)
+        scores = cgc.gates(c).view(B, P, E)
+        weights = scores.softmax(-1) if gate == "softmax" else torch.full_like(scores, 1 / E)  # ReLU → all 0
+        want = cgc.towers(torch.einsum("bpe,bped->bpd", weights, experts)).squeeze(-1)  # (B, P)
+        assert torch.allclose(cgc(c), want, atol=1e-6)
+        out[gate] = hinet(b)
+        assert torch.allclose(out[gate], want.view(B, S, T)[torch.arange(B), b["scenario"]], atol=1e-6)
+    assert changed(out["softmax"], out["relu_softmax"]).all()
+
+
+def test_hinet_san_learns_for_every_scenario_at_init_across_seeds():
+    """The code's ReLUs on the SAN's 1-unit layer and on its logits leave some scenarios with a constant
+    attention and no gradient at init; the default keeps those two layers linear."""
+    scenario = torch.arange(S)
+    probe = torch.randn(S, S, generator=torch.Generator().manual_seed(0))
+    dead = {}
+    for relu_all in (False, True):
+        dead[relu_all] = 0
+        for seed in range(20):
+            torch.manual_seed(seed)
+            san = build_model("hinet", SPEC, san_relu_all=relu_all).san
+            (grad,) = torch.autograd.grad((san.weights(scenario) * probe).sum(), san.embedding.weight)
+            dead[relu_all] += int((grad.abs().sum(-1) == 0).any())  # some scenario's SAN gets no gradient
+    assert dead[False] == 0
+    assert dead[True] >= 3  # the check has power: the code's layout dies for several of these seeds
+    assert not any(isinstance(m, torch.nn.ReLU) for m in list(model("hinet").san.mlp)[-3:])  # 1 → S stays linear
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"n_shared": 0}, {"cgc_gate": "sum"}, {"cgc_gate": "relu_softmax", "dropout": 0.3}]
+)
+def test_hinet_forward_runs_only_the_own_slots_and_matches_every_slot_computed(overrides):
+    """forward = the former computation (every S·T slot, then the row's own T), value and gradient."""
+    for b in scenario_batches():
+        hinet, rows = model("hinet", **overrides), torch.arange(len(b["scenario"]))
+        assert torch.allclose(hinet(b), hinet.head_logits(b)[rows, b["scenario"]], atol=1e-6)
+        hinet = model("hinet", sei_dropout=0.0, **{**overrides, "dropout": 0.0}).train()  # batch-stat BN, no masks
+        params = [p for p in hinet.parameters() if p.requires_grad]
+        lean = torch.autograd.grad(hinet(b).square().sum(), params, allow_unused=True)
+        full = torch.autograd.grad(hinet.head_logits(b)[rows, b["scenario"]].square().sum(), params, allow_unused=True)
+        for p, g_lean, g_full in zip(params, lean, full, strict=True):
+            g_lean, g_full = (torch.zeros_like(p) if g is None else g for g in (g_lean, g_full))
+            assert torch.allclose(g_lean, g_full, atol=1e-6, rtol=1e-4)
+
+
+def test_hinet_forward_skips_the_other_scenarios_slots(monkeypatch):
+    hinet, b = model("hinet"), batch(64)
+    runs = []
+    real = hinet_module.run_networks
+    monkeypatch.setattr(
+        hinet_module, "run_networks", lambda mlp, x, index: runs.append((mlp, index)) or real(mlp, x, index)
+    )
+    for every_slot in (hinet.cgc.experts, hinet.cgc.towers):  # the ParallelMLPs over all S·T slots never run
+        monkeypatch.setattr(every_slot, "forward", refuse)
+    hinet(b)
+    (experts, e_index), (towers, t_index) = runs
+    E = hinet.config.exp_per_slot
+    assert experts is hinet.cgc.experts and towers is hinet.cgc.towers
+    assert e_index.shape[1] == T * E and t_index.shape[1] == T  # each chunk runs one scenario's T slots
+    owner = t_index[:, 0] // T  # (K,) the chunk's scenario
+    assert torch.equal(t_index, owner.unsqueeze(1) * T + torch.arange(T))
+    assert torch.equal(e_index, owner.unsqueeze(1) * T * E + torch.arange(T * E))
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 301])
+def test_hinet_scenario_chunks_hold_one_scenario_each(n):
+    for scenario in (torch.randint(0, S, (n,), generator=torch.Generator().manual_seed(n)), torch.full((n,), 1)):
+        chunks = ScenarioChunks(scenario, S)
+        assert chunks.n_chunks == math.ceil(n / chunks.size) + S - 1  # a bound fixed by B and S alone
+        assert chunks.slot.unique().numel() == n and (chunks.slot < chunks.n_chunks * chunks.size).all()
+        assert torch.equal(chunks.owner[chunks.slot // chunks.size], scenario)  # each row sits in its own chunk
+        x = torch.randn(n, 3)
+        padded = chunks.pad(x)  # (K, c, 3)
+        assert torch.equal(chunks.unpad(padded), x) and padded.count_nonzero() == x.count_nonzero()  # 0 elsewhere
+
+
+def test_hinet_training_step_has_no_host_sync():
+    hinet, b = model("hinet").train(), batch()
+    with no_host_sync():
+        hinet(b).sum().backward()
+
+
+def test_hinet_defaults():
+    config = HinetConfig()
+    assert config.cgc_gate == "softmax"  # the paper's CGC gate (the code effectively sums)
+    assert config.gate_relu and not config.san_relu_all  # the code's SEI gates; a SAN that is alive at init
+    assert config.sei_dropout < 0.5  # msmt's 2-epoch schedule, not the code's 8 epochs at lr 1e-4
+
+
 # ---------------------------------------------------------------- MDL
 
 DOMAIN_PARTS = ("scenario_tokens", "task_tokens", "important")
@@ -271,3 +390,151 @@ def test_mdl_semantic_feature_groups():
     assert len(semantic_groups(spec, "field")) == len(names)
     with pytest.raises(ValueError, match="important_fields"):
         build_model("mdl", SPEC, important_fields=("query_id",))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"use_global_token": False},
+        {"mixer": "mhsa", "per_token_kv": False},
+        {"token_ffn_dims": (16,), "n_blocks": 1, "dropout": 0.2},
+    ],
+)
+def test_mdl_forward_carries_only_the_read_scenario_tokens_and_matches_all_tokens_computed(overrides):
+    """forward = the heads on forward_tokens (every scenario token carried through every block), value and gradient."""
+    for b in scenario_batches():
+        mdl = model("mdl", d_model=32, **overrides)
+        assert torch.allclose(mdl(b), mdl.heads(mdl.forward_tokens(b)["tasks"]).squeeze(-1), atol=1e-5)
+        mdl.train().config.dropout = 0.0
+        for m in mdl.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        params = list(mdl.parameters())
+        lean = torch.autograd.grad(mdl(b).square().sum(), params, allow_unused=True)
+        full_logits = mdl.heads(mdl.forward_tokens(b)["tasks"]).squeeze(-1)
+        full = torch.autograd.grad(full_logits.square().sum(), params, allow_unused=True)
+        for p, g_lean, g_full in zip(params, lean, full, strict=True):
+            g_lean, g_full = (torch.zeros_like(p) if g is None else g for g in (g_lean, g_full))
+            assert torch.allclose(g_lean, g_full, atol=1e-5, rtol=1e-4)
+
+
+def test_mdl_forward_skips_the_inactive_scenario_tokens(monkeypatch):
+    mdl, b = model("mdl", d_model=32, n_blocks=2), batch()
+    monkeypatch.setattr(mdl.scenario_tokens, "forward", refuse)  # would initialise all S + 1 tokens
+    monkeypatch.setattr(mdl.blocks[0].scenario_ffn, "forward", refuse)  # would update all S + 1 tokens
+    queries = []
+    for block in mdl.blocks:
+        block.attention.register_forward_hook(lambda _m, args, _out: queries.append(args[0].shape[1]))
+    mdl(b)
+    assert queries == [2 + T, 2 + T]  # the active and the global scenario token, then the T task tokens
+
+
+def test_mdl_training_step_has_no_host_sync():
+    mdl, b = model("mdl", d_model=32).train(), batch()
+    with no_host_sync():
+        mdl(b).sum().backward()
+
+
+def test_mdl_task_tokens_read_the_updated_features_through_their_own_queries():
+    """One block's task path by hand: q_t = T_t W_Q[t]; k_f, v_f = F'_f W_KV[f] of the UPDATED feature tokens;
+    per head softmax(q kᵀ/√d_h) v; T̂ = T + read; T̃ = T̂ + (Ŝ_own + Ŝ_global)/2; out = FFN_t(T̃) + T̃."""
+    mdl, b = model("mdl", d_model=32, n_heads=4), batch()
+    block, H, d = mdl.blocks[0], 4, 32
+    features = mdl.tokenizer(mdl.embedding(b))  # (B, N_f, d)
+    imp = mdl.important(b["sparse"])
+    scenarios, tasks = mdl.scenario_tokens(imp), mdl.task_tokens(imp)  # (B, S+1, d), (B, T, d)
+    out_features, _, out_tasks, attention = block(features, scenarios, tasks, b["scenario"])
+
+    updated = block.feature_ffn(block.mix_norm(block.mixer(features) + features))  # F' (B, N_f, d)
+    assert torch.allclose(out_features, updated, atol=1e-6)
+    k, v = torch.einsum("bfd,fde->bfe", updated, block.attention.w_kv).chunk(2, dim=-1)  # (B, N_f, d) each
+
+    def read(tokens: torch.Tensor, w_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = torch.einsum("bnd,nde->bne", tokens, w_q)  # (B, n, d)
+        heads = [slice(h * d // H, (h + 1) * d // H) for h in range(H)]
+        maps = torch.stack([(q[..., s] @ k[..., s].transpose(1, 2) / math.sqrt(d // H)).softmax(-1) for s in heads], 1)
+        return torch.cat([maps[:, h] @ v[..., s] for h, s in enumerate(heads)], dim=-1), maps  # (B, n, d), maps
+
+    task_read, task_map = read(tasks, block.attention.w_q[S + 1 :])
+    scen_read, _ = read(scenarios, block.attention.w_q[: S + 1])
+    assert torch.allclose(attention[:, :, S + 1 :], task_map, atol=1e-6)  # (B, H, T, N_f)
+    s_hat = scenarios + scen_read  # (B, S+1, d)
+    s_avg = (s_hat[torch.arange(len(b["scenario"])), b["scenario"]] + s_hat[:, S]) / 2  # (B, d)
+    t_tilde = tasks + task_read + s_avg.unsqueeze(1)  # (B, T, d)
+    assert torch.allclose(out_tasks, block.task_ffn(t_tilde) + t_tilde, atol=1e-5)
+    assert changed(task_read[:, 0], task_read[:, 1]).all()  # each task reads the features its own way
+
+
+def test_mdl_mhsa_mixer_is_self_attention_over_the_feature_tokens():
+    """mixer="mhsa" (the abstract's feature self-attention): every output token reads every input token,
+    with no positional signal (permuting tokens permutes outputs); RankMixer's mixing is a fixed shuffle."""
+    x = torch.randn(5, 4, 32)
+    perm = torch.tensor([2, 0, 3, 1])
+    mhsa = model("mdl", d_model=32, mixer="mhsa").blocks[0].mixer
+    assert isinstance(mhsa.attention, torch.nn.MultiheadAttention) and mhsa.attention.num_heads == 4
+    assert torch.allclose(mhsa(x[:, perm]), mhsa(x)[:, perm], atol=1e-6)
+    xg = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(mhsa(xg)[:, 0].sum(), xg)
+    assert (grad.abs().sum(-1) > 0).all()  # token 0 reads all four tokens
+    rankmixer = model("mdl", d_model=32).blocks[0].mixer
+    assert not torch.allclose(rankmixer(x[:, perm]), rankmixer(x)[:, perm], atol=1e-3)
+
+
+# ---------------------------------------------------------------- shared MLP blocks: optional norm
+
+
+def test_mlp_norm_none_is_the_plain_mlp_bit_for_bit():
+    """norm="none" adds no module, draws the same random init and computes the same bits as Linear → ReLU
+    without the option, so every model built on these blocks is unchanged."""
+    x = torch.randn(6, 8)
+    torch.manual_seed(0)
+    mlp = MLP([8, 16, 4], dropout=0.1, activate_last=False).eval()
+    after_mlp = torch.rand(1)  # the RNG stream after the build
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(16, 4)
+    ).eval()
+    assert torch.equal(torch.rand(1), after_mlp)
+    assert list(mlp.state_dict()) == list(plain.state_dict()) and torch.equal(mlp(x), plain(x))
+
+    torch.manual_seed(0)
+    par = ParallelMLP(3, [8, 16, 4], activate_last=False)
+    after_par = torch.rand(1)
+    assert par.norms is None and set(par.state_dict()) == {"weights.0", "weights.1", "biases.0", "biases.1"}
+    torch.manual_seed(0)
+    w0, b0 = torch.empty(3, 8, 16).uniform_(-(8**-0.5), 8**-0.5), torch.empty(3, 16).uniform_(-(8**-0.5), 8**-0.5)
+    w1, b1 = torch.empty(3, 16, 4).uniform_(-0.25, 0.25), torch.empty(3, 4).uniform_(-0.25, 0.25)
+    assert torch.equal(torch.rand(1), after_par)
+    assert all(torch.equal(a, b) for a, b in zip(par.state_dict().values(), (w0, w1, b0, b1), strict=True))
+    want = torch.stack([torch.relu(x @ w0[n] + b0[n]) @ w1[n] + b1[n] for n in range(3)], dim=1)  # (B, n, 4)
+    assert torch.allclose(par(x), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_mlp_norm_sits_between_each_activated_linear_and_its_activation(norm):
+    kind = torch.nn.BatchNorm1d if norm == "batch" else torch.nn.LayerNorm
+    mlp = MLP([8, 16, 12, 1], activate_last=False, norm=norm)
+    layers = [type(m) for m in mlp]
+    assert [issubclass(t, kind) for t in layers] == [False, True, False, False, True, False, False]
+    assert layers[0] is layers[3] is layers[6] is torch.nn.Linear and layers[2] is torch.nn.ReLU
+    seen = []
+    mlp[1].register_forward_hook(lambda _m, _i, out: seen.append(out))
+    x = torch.randn(32, 8) * 5 + 3
+    mlp(x)
+    axis = 0 if norm == "batch" else 1  # per unit over the batch, or per row over the units
+    assert torch.allclose(seen[0].mean(axis), torch.zeros(1), atol=1e-5)
+    assert torch.allclose(seen[0].var(axis, unbiased=False), torch.ones(1), atol=1e-3)
+    assert mlp(torch.randn(4, 3, 8)).shape == (4, 3, 1)  # leading axes count as rows
+
+    par = ParallelMLP(3, [8, 16, 4], activate_last=True, norm=norm)
+    assert len(par.norms) == 2  # both layers are activated
+    hidden = []
+    par.norms[0].register_forward_hook(lambda _m, _i, out: hidden.append(out))  # (n, B, d)
+    par(x)
+    h = hidden[0]
+    axis = 1 if norm == "batch" else 2  # per network and unit over the batch, or per network and row
+    assert torch.allclose(h.mean(axis), torch.zeros(1), atol=1e-5)
+    assert torch.allclose(h.var(axis, unbiased=False), torch.ones(1), atol=1e-3)
+    with pytest.raises(ValueError, match="norm"):
+        MLP([8, 4], norm="group")

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from training.data import FeatureSpec, synthetic
 from training.models import build_model
+from training.models import onerank as onerank_module
 from training.models.onerank import Onerank, OnerankConfig, interaction_mask, request_layout
 
 SPEC = FeatureSpec(
@@ -220,6 +221,75 @@ def test_interaction_masks():
 
 
 # --------------------------------------------------------------------------- matching score and listwise loss
+
+
+def test_logits_are_the_matching_score_of_the_rows_own_request():
+    """logit_k^i = cos(z_k of the row's request, r_k^i) / τ + b_k, with z the task interaction's output and r the
+    encoder's task representations (raw dot product when normalize_scores=False)."""
+    batch = rows(7, [4, 4, 9, 9, 9, 2, 4])
+    req, _, _, n_req, _ = request_layout(batch["group"], 7, torch.device("cpu"))
+    for normalize in (True, False):
+        model = model_with(tau=0.5, normalize_scores=normalize)
+        seen = {}
+        model.encoder.register_forward_hook(lambda _m, _a, out, seen=seen: seen.update(r=out[1]))  # (B, K, d)
+        model.interaction.register_forward_hook(lambda _m, _a, out, seen=seen: seen.update(z=out))  # (R, K, d)
+        logits = model(batch)
+
+        def score(z: torch.Tensor, r: torch.Tensor, bias: torch.Tensor, normalize: bool) -> torch.Tensor:
+            if normalize:
+                z, r = F.normalize(z, dim=-1), F.normalize(r, dim=-1)
+            return (z * r).sum(-1) / 0.5 + bias  # (B, K)
+
+        assert torch.allclose(logits, score(seen["z"][req], seen["r"], model.score_bias, normalize), atol=1e-5)
+        other = score(seen["z"][(req + 1) % n_req], seen["r"], model.score_bias, normalize)  # another request's z
+        assert ((logits - other).abs() > 1e-3).any(-1).all()
+
+
+def test_score_bias_starts_at_the_base_rate():
+    """b_k = logit(p_k) at init, so the initial mean probability sits near the base rate (within the cosine
+    term's seed-dependent offset), where a zero bias starts near 0.5 whatever the rate."""
+    data = synthetic(SPEC, 200, seed=0, rows_per_request=8)
+    batch = next(data.batches(200, shuffle=False))
+    prior = torch.tensor([0.05, 0.005])
+    assert OnerankConfig().score_prior == (0.05, 0.005)
+    for seed in range(3):
+        model = model_with(seed, d_model=128, n_heads=8)  # the default width
+        assert torch.allclose(model.score_bias, torch.logit(prior))
+        with torch.no_grad():
+            p = torch.sigmoid(model(batch)).mean(0)  # (K,) initial mean probability
+        assert ((torch.logit(p) - torch.logit(prior)).abs() < 2.0).all(), p
+        zero = model_with(seed, d_model=128, n_heads=8, score_prior=())
+        assert torch.equal(zero.score_bias, torch.zeros(2))
+        with torch.no_grad():
+            p_zero = torch.sigmoid(zero(batch)).mean(0)
+        assert (torch.logit(p_zero) - torch.logit(prior))[1] > 3.0  # the former init: far above 0.5%
+    assert torch.allclose(model_with(score_prior=(0.1,)).score_bias, torch.logit(torch.tensor([0.1, 0.1])))
+    with pytest.raises(ValueError, match="score_prior"):
+        model_with(score_prior=(0.1, 0.2, 0.3))
+
+
+def test_a_training_step_builds_the_request_layout_once(monkeypatch):
+    """forward builds the layout (one host sync: R and N) and extra_losses of the same batch reuses it."""
+    model = model_with().train()
+    batch = rows(9, [3, 3, 3, 1, 1, 8, 8, 8, 8])
+    built, syncs = [], []
+    real = onerank_module.request_layout
+    monkeypatch.setattr(onerank_module, "request_layout", lambda *args: built.append(1) or real(*args))
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "unique", "nonzero"):
+        method = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, *a, _n=name, _m=method, **k: syncs.append(_n) or _m(self, *a, **k)
+        )
+    for name in ("unique", "bincount"):
+        fn = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, _n=name, _f=fn, **k: syncs.append(_n) or _f(*a, **k))
+    logits = model(batch)
+    loss = model.extra_losses(batch, logits)["listwise"]
+    loss.backward()
+    assert len(built) == 1 and syncs == ["tolist"]
+    monkeypatch.undo()
+    again = {**batch, "group": batch["group"].clone()}  # a batch the forward did not see: built afresh
+    assert torch.allclose(model.extra_losses(again, logits.detach())["listwise"], loss)
 
 
 def test_logits_are_cosine_over_tau_plus_bias():

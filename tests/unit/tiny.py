@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
 import torch
 
 from training.data import FeatureSpec, synthetic
@@ -19,3 +22,19 @@ SPEC = FeatureSpec(
 def tiny_batch(n: int, seed: int = 1, spec: FeatureSpec = SPEC) -> dict[str, torch.Tensor]:
     """One batch of `n` synthetic rows."""
     return next(synthetic(spec, n, seed=seed).batches(n, shuffle=False))
+
+
+@contextlib.contextmanager
+def no_host_sync():
+    """Fails on the Python-level ways a step waits for the device: .item(), .tolist(), bool/int/float of a
+    tensor, unique and nonzero (data-dependent sizes). A CPU stand-in for a CUDA sync check."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("host sync")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "unique", "nonzero"):
+            patch.setattr(torch.Tensor, name, refuse)
+        for name in ("unique", "nonzero", "bincount"):
+            patch.setattr(torch, name, refuse)
+        yield

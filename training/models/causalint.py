@@ -6,8 +6,9 @@ Only the abstract and a talk summary are public (no code), so everything below t
 module level is a resolution (MODELS.md §5 [R]); the paper's three modules are:
 
     Invariant Representation Modeling:  h_inv = f_inv(x) (scenario-shared), h_s = f_s(x) (scenario-specific),
-        L_adv = CE(C_adv(GRL_λ(h_inv)), s),  L_cls = CE(C_cls(h_s), s),  L_orth = mean_b (ĥ_inv · ĥ_s)²
-    Negative Effects Mitigating (between scenarios):  L_grad = Σ_{j<j'} cos²(∇_θ L_j, ∇_θ L_j'),
+        L_adv = CE(C_adv(GRL_λ(h_inv)), s),  L_cls = CE(C_cls(h_s), s),  L_orth = mean_b (û_inv · û_s)²,
+        u = the pre-activation of h's last layer (h = ReLU(u))
+    Negative Effects Mitigating (between scenarios):  L_grad = Σ_{j<j'} max(0, −cos(∇_θ L_j, ∇_θ L_j'))²,
         θ = the last layer of f_inv
     Inter-Scenario Transferring (TransNet, counterfactual "what if the row came from j ≠ s"):
         α_j = softmax_{j≠s} MLP([h_s; h_j]),  c = Σ_j α_j h_j,  h_tr = σ(W [h_s; c]) ⊙ c
@@ -22,11 +23,22 @@ Resolutions (not paper text; each a config flag):
 - `grl_scale` λ = 0.1: the gradient-reversal coefficient of the adversarial scenario
   classifier on h_inv; `adv_weight`, `cls_weight`, `orth_weight`, `grad_orth_weight`
   weigh L_adv, L_cls, L_orth, L_grad (values not published).
-- `orth_form`: "sample" = mean_b (ĥ_inv,b · ĥ_s,b)² over L2-normalised rows (MODELS.md);
-  "batch" = ‖Ĥ_invᵀ Ĥ_s‖_F² / B² (Domain Separation Networks' difference loss).
+- `orth_form`: "sample" = mean_b (û_inv,b · û_s,b)² over L2-normalised rows (MODELS.md);
+  "batch" = ‖Û_invᵀ Û_s‖_F² / B² (Domain Separation Networks' difference loss).
+- `orth_input="pre_activation"`: L_orth acts on u_inv, u_s, the last layers' outputs
+  before their ReLU. On the ReLU outputs h ("post_activation", the earlier choice)
+  every cosine is >= 0, so the loss reaches 0 only when the two representations use
+  disjoint units, i.e. it can only be met by switching units off.
+- `grad_penalty="conflict"`: only conflicting gradients (negative cosine) are
+  penalised, so scenarios whose gradients agree (positive transfer) are left alone;
+  "cos2" = Σ cos², the literal "orthogonal" reading, which also pushes aligned
+  gradients apart.
 - L_grad is taken on the last Linear of f_inv only (for cost), with per-scenario
-  masked BCE summed over tasks, over the scenarios present in the batch; it needs
-  a double backward (`create_graph=True`).
+  masked BCE summed over tasks; scenarios absent from the batch have a zero gradient
+  and add nothing. All scenarios at once: ∇_W L_j = Σ_{b in j} g_b a_bᵀ, with g = the
+  gradient of Σ_j L_j at u_inv (row b only feeds its own scenario's loss) and a the
+  input of that Linear, so one (double-)differentiable backward serves every
+  scenario and nothing waits on the host; it needs `create_graph=True`.
 - `transnet_hidden`: width of the MLP scoring each counterfactual; with S = 1 there
   is no counterfactual and h_tr = 0.
 - `scenario_towers`: one tower per (scenario, task) (Tower_s, default) or per task.
@@ -40,6 +52,7 @@ optimisation step that the shared trainer does not run (MODELS.md's default is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +63,8 @@ from training.layers import MLP, FeatureEmbedding, GradientReversal, ParallelMLP
 from training.models.base import ModelConfig, MsmtModel
 
 _ORTH_FORMS = ("sample", "batch")
+_ORTH_INPUTS = ("pre_activation", "post_activation")
+_GRAD_PENALTIES = ("conflict", "cos2")
 
 
 @dataclass
@@ -64,7 +79,9 @@ class CausalIntConfig(ModelConfig):
     cls_weight: float = 0.1  # λ_cls [R]
     orth_weight: float = 0.1  # λ_orth [R]
     orth_form: str = "sample"  # "sample" | "batch" [R]
+    orth_input: str = "pre_activation"  # "pre_activation" | "post_activation" (ReLU outputs: cos >= 0) [R]
     grad_orth_weight: float = 0.1  # λ_g of the gradient-based orthogonal regulariser; 0 = off [R]
+    grad_penalty: str = "conflict"  # "conflict": max(0, −cos)² | "cos2": cos², aligned pairs too [R]
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,6 +100,8 @@ class CausalIntConfig(ModelConfig):
             raise ValueError(f"h_inv and h_s need one width D, got {self.inv_dims[-1]} and {self.spec_dims[-1]}")
         if self.transnet_hidden < 1 or self.orth_form not in _ORTH_FORMS:
             raise ValueError(f"need transnet_hidden >= 1 and orth_form in {_ORTH_FORMS}")
+        if self.orth_input not in _ORTH_INPUTS or self.grad_penalty not in _GRAD_PENALTIES:
+            raise ValueError(f"need orth_input in {_ORTH_INPUTS} and grad_penalty in {_GRAD_PENALTIES}")
         weights = (self.grl_scale, self.adv_weight, self.cls_weight, self.orth_weight, self.grad_orth_weight)
         if min(weights) < 0:
             raise ValueError(f"grl_scale and loss weights must be >= 0, got {weights}")
@@ -94,6 +113,28 @@ def causalint_orthogonality(h_inv: torch.Tensor, h_s: torch.Tensor, form: str = 
     if form == "sample":
         return (a * b).sum(-1).square().mean()
     return (a.T @ b).square().sum() / a.shape[0] ** 2  # ‖AᵀB‖_F² / B², (D, D) inside
+
+
+def causalint_gradient_penalty(grads: torch.Tensor, form: str = "conflict") -> torch.Tensor:
+    """L_grad of per-scenario gradients `(S, P)`: Σ_{j<j'} max(0, −cos)² ("conflict") or cos² ("cos2").
+
+    A zero row (a scenario absent from the batch) has cosine 0 with every other row and adds nothing.
+    """
+    g = F.normalize(grads, dim=-1)  # (S, P)
+    cos = g @ g.T  # (S, S)
+    term = F.relu(-cos).square() if form == "conflict" else cos.square()  # (S, S)
+    return term.triu(diagonal=1).sum()
+
+
+class CausalIntRepresentations(NamedTuple):
+    """One forward's representations, each `(B, D)` unless stated."""
+
+    h_inv: torch.Tensor  # ReLU(u_inv): what the towers read
+    h_s: torch.Tensor  # ReLU(u_s) of the row's own scenario
+    h_tr: torch.Tensor  # TransNet output
+    u_inv: torch.Tensor  # pre-activation of f_inv's last layer
+    u_s: torch.Tensor  # pre-activation of the own f_s's last layer
+    a_inv: torch.Tensor  # `(B, H)`: the input of f_inv's last Linear (H = its width)
 
 
 class CausalIntTransNet(nn.Module):
@@ -147,52 +188,78 @@ class CausalInt(MsmtModel):
         S, D = spec.n_scenarios, config.inv_dims[-1]
         self.embedding = FeatureEmbedding(spec, config.emb_dim)
         d_in = self.embedding.out_dim
-        self.invariant = MLP([d_in, *config.inv_dims], dropout=config.dropout)
-        self.specific = ParallelMLP(S, [d_in, *config.spec_dims], dropout=config.dropout)
+        # both end at their last Linear (u); forward applies ReLU + dropout, so L_orth can read u
+        self.invariant = MLP([d_in, *config.inv_dims], dropout=config.dropout, activate_last=False)
+        self.specific = ParallelMLP(S, [d_in, *config.spec_dims], dropout=config.dropout, activate_last=False)
+        self.representation_dropout = nn.Dropout(config.dropout)
         self.transnet = CausalIntTransNet(D, config.transnet_hidden)
         self.adversary = CausalIntAdversary(D, S, config.grl_scale)
         self.scenario_classifier = nn.Linear(D, S)
         self.n_towers = S * self.n_tasks if config.scenario_towers else self.n_tasks
         tower_dims = [3 * D, *config.tower_dims, 1]
         self.towers = ParallelMLP(self.n_towers, tower_dims, dropout=config.dropout, activate_last=False)
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (h_inv, h_s) of the latest training forward
+        self._last: CausalIntRepresentations | None = None  # of the latest training forward, for extra_losses
 
-    def representations(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """batch → h_inv `(B, D)`, h_s `(B, D)`, h_tr `(B, D)`."""
+    def representations(self, batch: dict[str, torch.Tensor]) -> CausalIntRepresentations:
+        """batch → h_inv, h_s, h_tr (and the pre-activations u_inv, u_s and a_inv), see `CausalIntRepresentations`."""
         x = self.embedding.flat(batch)  # (B, F*k)
         scenario = batch["scenario"]  # (B,)
-        h_inv = self.invariant(x)  # (B, D)
-        h_all = self.specific(x)  # (B, S, D)
+        *hidden, last = self.invariant
+        a_inv = x
+        for layer in hidden:
+            a_inv = layer(a_inv)  # ends (B, H)
+        u_inv = last(a_inv)  # (B, D)
+        u_all = self.specific(x)  # (B, S, D)
+        u_s = u_all[torch.arange(x.shape[0], device=x.device), scenario]  # (B, D)
+        h_inv = self.representation_dropout(F.relu(u_inv))  # (B, D)
+        h_all = self.representation_dropout(F.relu(u_all))  # (B, S, D)
         h_s = h_all[torch.arange(x.shape[0], device=x.device), scenario]  # (B, D)
-        return h_inv, h_s, self.transnet(h_all, h_s, scenario)
+        return CausalIntRepresentations(h_inv, h_s, self.transnet(h_all, h_s, scenario), u_inv, u_s, a_inv)
+
+    def tower_logits(self, reps: CausalIntRepresentations, scenario: torch.Tensor) -> torch.Tensor:
+        """Representations, scenario `(B,)` → logits `(B, T)` of the row's own scenario towers (Tower_{s,t})."""
+        out = self.towers(torch.cat([reps.h_inv, reps.h_s, reps.h_tr], dim=-1)).squeeze(-1)  # (B, n_towers)
+        if self.config.scenario_towers:
+            out = out.view(-1, self.spec.n_scenarios, self.n_tasks)  # (B, S, T)
+            out = out[torch.arange(out.shape[0], device=out.device), scenario]  # (B, T)
+        return out
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """batch (see `TensorData.batches`) → logits `(B, T)` from the row's scenario towers."""
-        h_inv, h_s, h_tr = self.representations(batch)
-        out = self.towers(torch.cat([h_inv, h_s, h_tr], dim=-1)).squeeze(-1)  # (B, n_towers)
-        if self.config.scenario_towers:
-            out = out.view(-1, self.spec.n_scenarios, self.n_tasks)  # (B, S, T)
-            out = out[torch.arange(out.shape[0], device=out.device), batch["scenario"]]  # (B, T)
-        self._last = (h_inv, h_s) if self.training and torch.is_grad_enabled() else None  # for extra_losses
-        return out
+        reps = self.representations(batch)
+        self._last = reps if self.training and torch.is_grad_enabled() else None  # for extra_losses
+        return self.tower_logits(reps, batch["scenario"])
 
-    def gradient_orthogonality(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
-        """Σ_{j<j'} cos²(g_j, g_j'), g_j = ∇ of scenario j's masked BCE w.r.t. f_inv's last Linear (differentiable)."""
-        weight = [m for m in self.invariant if isinstance(m, nn.Linear)][-1].weight
-        bce = F.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="none")  # (B, T)
-        bce = torch.where(batch["label_mask"], bce, torch.zeros_like(bce))  # (B, T)
-        grads = []
-        for j in batch["scenario"].unique().tolist():
-            rows = batch["scenario"] == j  # (B,)
-            mask = batch["label_mask"] & rows.unsqueeze(1)  # (B, T)
-            loss_j = (bce * rows.unsqueeze(1)).sum(0) / mask.sum(0).clamp(min=1)  # (T,)
-            (g,) = torch.autograd.grad(loss_j.sum(), weight, create_graph=True)
-            grads.append(g.flatten())  # (|θ|,)
-        if len(grads) < 2:
-            return logits.new_zeros(())
-        g = F.normalize(torch.stack(grads), dim=-1)  # (S', |θ|)
-        cos2 = (g @ g.T).square()  # (S', S')
-        return cos2.triu(diagonal=1).sum()
+    def scenario_gradients(
+        self, batch: dict[str, torch.Tensor], logits: torch.Tensor, reps: CausalIntRepresentations
+    ) -> torch.Tensor:
+        """g_j = ∇_W L_j for every scenario j, W = f_inv's last Linear weight: `(S, D*H)`, differentiable.
+
+        L_j = Σ_t masked mean over scenario j's rows of BCE(logits, labels); `logits` must come
+        from `reps` (an error otherwise). Scenarios absent from the batch get a zero row.
+        """
+        logits = logits.float()
+        bce = F.binary_cross_entropy_with_logits(logits, batch["labels"].float(), reduction="none")  # (B, T)
+        mask = batch["label_mask"].to(bce.dtype)  # (B, T)
+        onehot = F.one_hot(batch["scenario"], self.spec.n_scenarios).to(bce.dtype)  # (B, S)
+        counts = onehot.T @ mask  # (S, T): labelled rows per scenario and task
+        row_weight = mask / counts.clamp(min=1)[batch["scenario"]]  # (B, T): 1 / |rows of s(b) labelled for t|
+        (g_u,) = torch.autograd.grad((bce * row_weight).sum(), reps.u_inv, create_graph=True)  # (B, D)
+        grads = torch.einsum("bs,bd,bh->sdh", onehot, g_u.float(), reps.a_inv.float())  # (S, D, H)
+        return grads.flatten(1)  # (S, D*H), the layout of weight.flatten()
+
+    def gradient_orthogonality(
+        self, batch: dict[str, torch.Tensor], logits: torch.Tensor, reps: CausalIntRepresentations | None = None
+    ) -> torch.Tensor:
+        """L_grad (`grad_penalty`) of the per-scenario gradients w.r.t. f_inv's last Linear (differentiable).
+
+        Without `reps` (those `logits` were computed from), both are computed again from `batch`.
+        """
+        if reps is None:
+            reps = self.representations(batch)
+            logits = self.tower_logits(reps, batch["scenario"])
+        grads = self.scenario_gradients(batch, logits, reps)  # (S, D*H)
+        return causalint_gradient_penalty(grads, self.config.grad_penalty)
 
     def compile_blocker(self) -> str | None:
         if self.config.grad_orth_weight > 0:
@@ -203,22 +270,28 @@ class CausalInt(MsmtModel):
     def extra_losses(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"adversarial", "scenario_cls", "orthogonality", "grad_orthogonality"}, each already weighted.
 
-        Reuses h_inv and h_s of the latest training forward (the trainer calls this right
-        after it, on the same batch) and drops them; without one, recomputes them.
+        Reuses the representations of the latest training forward (the trainer calls this
+        right after it, on the same batch, with its logits) and drops them; without one,
+        recomputes them (and, for L_grad, the logits they give).
         """
         cached, self._last = self._last, None
-        if cached is None or cached[0].shape[0] != logits.shape[0]:
-            cached = self.representations(batch)[:2]
-        h_inv, h_s = cached[0].float(), cached[1].float()  # (B, D) each; float even under autocast
+        reps = cached if cached is not None and cached.h_inv.shape[0] == logits.shape[0] else None
+        fresh = reps if reps is not None else self.representations(batch)
+        h_inv, h_s = fresh.h_inv.float(), fresh.h_s.float()  # (B, D) each; float even under autocast
         cfg, scenario, losses = self.config, batch["scenario"], {}
         if cfg.adv_weight > 0:
             losses["adversarial"] = cfg.adv_weight * F.cross_entropy(self.adversary(h_inv), scenario)
         if cfg.cls_weight > 0:
             losses["scenario_cls"] = cfg.cls_weight * F.cross_entropy(self.scenario_classifier(h_s), scenario)
         if cfg.orth_weight > 0:
-            losses["orthogonality"] = cfg.orth_weight * causalint_orthogonality(h_inv, h_s, cfg.orth_form)
+            pre = cfg.orth_input == "pre_activation"
+            u_inv, u_s = (fresh.u_inv, fresh.u_s) if pre else (fresh.h_inv, fresh.h_s)  # (B, D) each
+            orth = causalint_orthogonality(u_inv.float(), u_s.float(), cfg.orth_form)
+            losses["orthogonality"] = cfg.orth_weight * orth
         if cfg.grad_orth_weight > 0 and logits.requires_grad and torch.is_grad_enabled():
-            losses["grad_orthogonality"] = cfg.grad_orth_weight * self.gradient_orthogonality(batch, logits)
+            if reps is None:  # the representations behind `logits` are unknown: score the fresh ones
+                logits = self.tower_logits(fresh, scenario)  # (B, T)
+            losses["grad_orthogonality"] = cfg.grad_orth_weight * self.gradient_orthogonality(batch, logits, fresh)
         return losses
 
 

@@ -9,24 +9,23 @@ ICDE 2023 (https://arxiv.org/abs/2303.06095); official TF-1.15 code `mrchor/HiNe
     SEI(x) = Σ_j g_j(x) · sub_j(x),  g = softmax(ReLU(W x))          sub-expert integration
     S_sh = SEI_sh(x),  S_j = SEI_j(x) for every scenario j,  S_cur = S_{s(i)}
     a = softmax(MLP_san(e_s)),  a_{s(i)} := 0,  S_san = Σ_j a_j S_j   scenario-aware attention
-    C = [S_san; S_cur; S_sh]  →  CGC (per-slot + shared experts, per-slot gate)  →  towers
+    C = [S_san; S_cur; S_sh]  →  CGC (per-slot + shared experts, softmax(W C) per slot)  →  towers
 
 Notation: B batch, F fields, k embedding dim, S scenarios, T tasks, N sub-experts per
 SEI, D expert output width, P task slots (S·T or T), E experts per slot + shared.
 
 Flags that follow the official code (defaults):
-- `gate_relu=True`: every gate is softmax(ReLU(·)) — the ReLU before the softmax is a
-  code quirk (SEI gates, the SAN's last layer and the CGC gates); False drops it.
+- `gate_relu=True`: the SEI gates are softmax(ReLU(·)) — the ReLU before the softmax
+  is a code quirk; False drops it. (The CGC gate is `cgc_gate`, the SAN's `san_relu_all`.)
 - `san_renorm=False`: the own scenario's SAN weight is zeroed *after* the softmax and
   the rest is not renormalised (weights sum to 1 − a_own); True renormalises them.
 - `head_mode="scenario_task"`: S·T CGC slots (experts, gate and tower per (scenario,
   task)), each sample read from its own scenario's T heads; "task" is the paper's T
   tasks, one slot per task shared by all scenarios.
 - `scenario_in_input=False`: the scenario id feeds SAN only, not x (as in the code).
-- SEI sub-experts `sub_dims=(128, 64)` with dropout `sei_dropout=0.5` after every layer,
-  `n_sub=5`; SAN MLP `san_dims=(128, 64, 1)` then → S on a 64-d scenario embedding;
-  CGC `exp_per_slot=2`, `n_shared=2`, experts `expert_dims=(128, 64)`, towers
-  `tower_dims=(128, 64)` then Linear → 1; `emb_dim=32`.
+- SEI sub-experts `sub_dims=(128, 64)`, `n_sub=5`; SAN MLP `san_dims=(128, 64, 1)`
+  then → S on a 64-d scenario embedding; CGC `exp_per_slot=2`, `n_shared=2`, experts
+  `expert_dims=(128, 64)`, towers `tower_dims=(128, 64)` then Linear → 1; `emb_dim=32`.
 
 Resolutions and fidelity switches (not fixed by the paper; [R] in MODELS.md):
 - `unmasked_loss=False`: the code trains every (scenario, task) head on every sample,
@@ -37,12 +36,31 @@ Resolutions and fidelity switches (not fixed by the paper; [R] in MODELS.md):
   `head_mode="scenario_task"`. The per-head logits ride on the returned logits tensor
   (attribute `hinet_heads`), so no state is kept on the module; without it they are
   recomputed (a second forward, with fresh dropout masks).
-- `cgc_gate="softmax"`: the CGC gate mixes the slot's experts with softmax weights, as
-  in the paper and PLE. The official code's CGC softmax runs over a singleton axis, so
+- `cgc_gate="softmax"`: the CGC gate mixes the slot's experts with softmax(W C), as in
+  the paper and PLE. The official code's CGC softmax runs over a singleton axis, so
   every weight is 1 and the experts are simply summed; "sum" reproduces that.
+  "relu_softmax" is softmax(ReLU(W C)), the SEI gates' quirk carried over to the CGC
+  (this file's earlier default, which is neither the paper nor the code).
+- `sei_dropout=0.0`: the code's keep_prob 0.5 after every sub-expert layer (0.5 here)
+  regularises 8 epochs at Adam lr 1e-4; msmt trains 2 epochs at lr 1e-3 (trainer and
+  hinet.json defaults), a schedule that under-fits rather than over-fits, where
+  dropping half of every sub-expert's units mainly slows fitting (measured in
+  docs/models.md); 0.0 is also every zoo model's `dropout`; 0.5 restores the code.
+- `san_relu_all=False`: the code puts a ReLU after every SAN layer, the 1-unit layer
+  (`san_dims` ends in 1) and the S logits before the softmax included. Each of those
+  two can be dead at init: a scenario whose 1-unit pre-activation is negative, or
+  whose S logits are all negative, gets a constant attention and no gradient into its
+  SAN, and one of the two happens for most seeds. By default both stay linear (the
+  wide layers keep their ReLU); True restores the code.
 - `input_norm="batchnorm"`: BatchNorm1d on x, trained normally. The code calls
   `tf.layers.batch_normalization` without `training=True`, so its moving statistics
   never update and it acts as a learnable affine map; "none" drops the norm.
+
+Compute: in "scenario_task" mode a row reads T of the S·T CGC slots. The forward runs
+only those (their experts and towers; the gate Linear and the shared experts are cheap
+and run whole): rows are regrouped, without a host sync, into fixed-size chunks of one
+scenario each (`ScenarioChunks`), and each chunk runs its scenario's weights.
+`head_logits` (and `unmasked_loss`, which needs every head) still runs every slot.
 
 Deviations: one CGC level only (the code's default `level_number=1`); the behaviour
 sequence enters x as the mean of its item embeddings (the shared `FeatureEmbedding`);
@@ -58,11 +76,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.data import FeatureSpec
-from training.layers import MLP, FeatureEmbedding, ParallelMLP
+from training.layers import MLP, FeatureEmbedding, ParallelMLP, ScenarioChunks, run_networks
 from training.models.base import ModelConfig, MsmtModel
 
 HEAD_MODES = ("scenario_task", "task")
-CGC_GATES = ("softmax", "sum")
+CGC_GATES = ("softmax", "relu_softmax", "sum")
 INPUT_NORMS = ("batchnorm", "none")
 
 
@@ -74,10 +92,11 @@ class HinetConfig(ModelConfig):
     # scenario extraction layer
     n_sub: int = 5  # N: sub-experts per SEI module (shared and each scenario's)
     sub_dims: tuple[int, ...] = (128, 64)  # hidden widths of each sub-expert; D = last
-    sei_dropout: float = 0.5  # code: keep_prob 0.5 after every sub-expert layer in training
-    gate_relu: bool = True  # code quirk: softmax(ReLU(·)) in SEI, SAN and CGC gates
+    sei_dropout: float = 0.0  # after every sub-expert layer; code: 0.5 (for 8 epochs at lr 1e-4) [R]
+    gate_relu: bool = True  # code quirk: softmax(ReLU(·)) in the SEI gates
     san_emb_dim: int = 64  # scenario embedding, input of SAN only
     san_dims: tuple[int, ...] = (128, 64, 1)  # SAN MLP widths before the final Linear → S (code)
+    san_relu_all: bool = False  # code: True (ReLU on the 1-unit layer and the logits too: dead at init)
     san_renorm: bool = False  # code: no renormalisation after zeroing the own scenario
     # task extraction layer (one CGC level)
     head_mode: str = "scenario_task"  # "scenario_task" (code: S·T slots) | "task" (T slots)
@@ -85,7 +104,7 @@ class HinetConfig(ModelConfig):
     n_shared: int = 2  # shared experts
     expert_dims: tuple[int, ...] = (128, 64)  # CGC expert widths
     tower_dims: tuple[int, ...] = (128, 64)  # tower hidden widths, then Linear → 1
-    cgc_gate: str = "softmax"  # "softmax" (paper) | "sum" (code's effective behaviour)
+    cgc_gate: str = "softmax"  # "softmax" (paper) | "relu_softmax" | "sum" (code's effective behaviour)
     unmasked_loss: bool = False  # True: the code's loss on every head of every sample
 
     def __post_init__(self) -> None:
@@ -138,11 +157,15 @@ class HinetSei(nn.Module):
 class HinetScenarioAttention(nn.Module):
     """SAN: weights over the S scenario experts from the scenario embedding, own scenario zeroed."""
 
-    def __init__(self, n_scenarios: int, emb_dim: int, dims: tuple[int, ...], relu: bool, renorm: bool):
+    def __init__(self, n_scenarios: int, emb_dim: int, dims: tuple[int, ...], relu_all: bool, renorm: bool):
         super().__init__()
         self.renorm = renorm
         self.embedding = nn.Embedding(n_scenarios, emb_dim)
-        self.mlp = MLP([emb_dim, *dims, n_scenarios], activate_last=relu)  # code: ReLU on every layer
+        self.mlp = MLP([emb_dim, *dims, n_scenarios], activate_last=relu_all)  # code: ReLU on every layer
+        if not relu_all:  # a 1-unit layer stays linear (Identity keeps the parameter names)
+            for i in range(len(self.mlp) - 2):
+                if isinstance(self.mlp[i], nn.Linear) and self.mlp[i].out_features == 1:
+                    self.mlp[i + 1] = nn.Identity()
 
     def weights(self, scenario: torch.Tensor) -> torch.Tensor:
         """scenario `(B,)` → weights `(B, S)`: softmax over S, then a_{s(i)} := 0 (renormalised if asked)."""
@@ -159,13 +182,16 @@ class HinetScenarioAttention(nn.Module):
 
 
 class HinetCgc(nn.Module):
-    """One CGC level: P slots, each with its own experts plus the shared ones, its gate and its tower."""
+    """One CGC level: P slots, each with its own experts plus the shared ones, its gate and its tower.
 
-    def __init__(self, n_slots: int, d_in: int, config: HinetConfig) -> None:
+    The slots are scenario-major (slot s·T' + t) over `n_groups` scenarios (1 when they are tasks only).
+    """
+
+    def __init__(self, n_slots: int, n_groups: int, d_in: int, config: HinetConfig) -> None:
         super().__init__()
-        self.n_slots, self.n_own, self.relu = n_slots, config.exp_per_slot, config.gate_relu
+        self.n_slots, self.n_own, self.n_groups = n_slots, config.exp_per_slot, n_groups
         self.n_experts = config.exp_per_slot + config.n_shared  # E: what each slot's gate mixes
-        self.summed = config.cgc_gate == "sum"
+        self.summed, self.relu = config.cgc_gate == "sum", config.cgc_gate == "relu_softmax"
         dims = [d_in, *config.expert_dims]
         self.experts = ParallelMLP(n_slots * config.exp_per_slot, dims, dropout=config.dropout)
         self.shared = ParallelMLP(config.n_shared, dims, dropout=config.dropout) if config.n_shared else None
@@ -186,6 +212,31 @@ class HinetCgc(nn.Module):
             gates = _gate(self.gates(c).unflatten(1, (self.n_slots, self.n_experts)), self.relu)  # (B, P, E)
             mixed = torch.einsum("bpe,bped->bpd", gates, experts)  # (B, P, D)
         return self.towers(mixed).squeeze(-1)  # (B, P, 1) → (B, P)
+
+    def forward_own(self, c: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        """c `(B, d_in)`, scenario `(B,)` → the logits of the row's own scenario slots only `(B, T')`.
+
+        The same values as `forward(c)` read at slots s·T' … s·T' + T' − 1, computing only those.
+        """
+        B, n_per = c.shape[0], self.n_slots // self.n_groups  # n_per = T' slots per scenario
+        chunks = ScenarioChunks(scenario, self.n_groups)
+        own = torch.arange(n_per * self.n_own, device=c.device)  # a scenario's experts, slot-major
+        index = chunks.owner.unsqueeze(1) * (n_per * self.n_own) + own  # (K, T'·E_own)
+        experts = run_networks(self.experts, chunks.pad(c), index)  # (K, T'·E_own, c, D)
+        experts = chunks.unpad(experts.transpose(1, 2)).unflatten(1, (n_per, self.n_own))  # (B, T', E_own, D)
+        if self.shared is not None:
+            shared = self.shared(c).unsqueeze(1).expand(-1, n_per, -1, -1)  # (B, T', E_sh, D)
+            experts = torch.cat([experts, shared], dim=2)  # (B, T', E, D)
+        if self.summed:
+            mixed = experts.sum(dim=2)  # (B, T', D)
+        else:
+            scores = self.gates(c).view(B, self.n_groups, n_per, self.n_experts)  # (B, S, T', E)
+            scores = scores[torch.arange(B, device=c.device), scenario]  # (B, T', E)
+            mixed = torch.einsum("bpe,bped->bpd", _gate(scores, self.relu), experts)  # (B, T', D)
+        towers = torch.arange(n_per, device=c.device)  # a scenario's towers
+        index = chunks.owner.unsqueeze(1) * n_per + towers  # (K, T')
+        logits = run_networks(self.towers, chunks.pad(mixed).transpose(1, 2), index)  # (K, T', c, 1)
+        return chunks.unpad(logits.squeeze(-1).transpose(1, 2))  # (K, c, T') → (B, T')
 
 
 class Hinet(MsmtModel):
@@ -216,10 +267,11 @@ class Hinet(MsmtModel):
             1 + self.n_scenarios, d_in, config.n_sub, config.sub_dims, config.sei_dropout, config.gate_relu
         )
         self.san = HinetScenarioAttention(
-            self.n_scenarios, config.san_emb_dim, config.san_dims, config.gate_relu, config.san_renorm
+            self.n_scenarios, config.san_emb_dim, config.san_dims, config.san_relu_all, config.san_renorm
         )
-        self.n_slots = self.n_scenarios * self.n_tasks if config.head_mode == "scenario_task" else self.n_tasks
-        self.cgc = HinetCgc(self.n_slots, 3 * self.sei.out_dim, config)
+        n_groups = self.n_scenarios if config.head_mode == "scenario_task" else 1
+        self.n_slots = n_groups * self.n_tasks
+        self.cgc = HinetCgc(self.n_slots, n_groups, 3 * self.sei.out_dim, config)
 
     def extract_scenarios(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """batch → scenario extraction output C = [S_san; S_cur; S_sh] `(B, 3D)`."""
@@ -240,13 +292,14 @@ class Hinet(MsmtModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """batch (see `TensorData.batches`) → logits `(B, T)`, each row from its own scenario's heads."""
-        heads = self.head_logits(batch)  # (B, S, T) or (B, T)
         if self.config.head_mode == "task":
-            return heads
+            return self.head_logits(batch)  # (B, T)
+        if not self.config.unmasked_loss:  # only the row's own T slots are read: compute only those
+            return self.cgc.forward_own(self.extract_scenarios(batch), batch["scenario"])  # (B, T)
+        heads = self.head_logits(batch)  # (B, S, T)
         index = batch["scenario"].view(-1, 1, 1).expand(-1, 1, self.n_tasks)  # (B, 1, T)
         logits = heads.gather(1, index).squeeze(1)  # (B, T)
-        if self.config.unmasked_loss:
-            logits.hinet_heads = heads  # read back by extra_losses (the code's loss on every head)
+        logits.hinet_heads = heads  # read back by extra_losses (the code's loss on every head)
         return logits
 
     def extra_losses(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -30,7 +30,9 @@ Resolutions (not fixed by the sources; each a config flag, [R] in MODELS.md):
 - The behaviour sequence is mean-pooled by the shared `FeatureEmbedding` (the notes
   allow mean or target-attention pooling).
 - `mixer="rankmixer"`: parameter-free RankMixer token mixing (H_mix = N_f heads, so
-  d must be divisible by N_f); "mhsa": multi-head self-attention over feature tokens.
+  d must be divisible by N_f), the default backbone of the equation-level notes [S] and
+  this repo's choice; "mhsa": multi-head self-attention over the feature tokens (n_heads
+  heads, no positional signal), the feature-token self-attention the abstract names [P].
 - `feature_ffn_residual=False`: F' = PerTokenFFN(LN(Mix(F) + F)) as in the cited
   equation; True adds RankMixer's second residual + LN around the per-token FFN.
 - `ffn_mult=2`, `ffn_act="gelu"` (RankMixer): per-token FFNs d → ffn_mult·d → d.
@@ -46,6 +48,13 @@ Resolutions (not fixed by the sources; each a config flag, [R] in MODELS.md):
 
 Deviation (no effect on the output): the last block has no scenario FFN, since its
 scenario tokens are read only through Ŝ in that block's aggregation.
+
+Compute: a row reads only its active scenario token and the global one, and scenario
+tokens never read each other, so `forward` carries those two only (the other S − 1
+tokens' initialiser, queries and FFNs are skipped). The active token's weights differ
+per row: rows are regrouped, without a host sync, into fixed-size chunks of one
+scenario each (`ScenarioChunks`). `forward_tokens` still computes every token (and
+every attention map) for inspection; `forward` equals its task heads.
 """
 
 from __future__ import annotations
@@ -57,7 +66,7 @@ import torch
 from torch import nn
 
 from training.data import FeatureSpec
-from training.layers import FeatureEmbedding, ParallelMLP
+from training.layers import FeatureEmbedding, ParallelMLP, ScenarioChunks, run_networks
 from training.models.base import ModelConfig, MsmtModel
 
 MIXERS = ("rankmixer", "mhsa")
@@ -164,6 +173,18 @@ class MdlDomainTokens(nn.Module):
         priors = self.priors.unsqueeze(0).expand(imp.shape[0], -1, -1)  # (B, n, prior_dim)
         return self.ffn(torch.cat([imp.unsqueeze(1).expand(-1, n, -1), priors], dim=-1))  # (B, n, d)
 
+    def active(self, imp: torch.Tensor, chunks: ScenarioChunks) -> torch.Tensor:
+        """ê_imp `(B, n_imp·k)` → each row's token of its own scenario `(B, d)`, computing only that one."""
+        x = torch.cat([imp, self.priors[chunks.scenario]], dim=-1)  # (B, n_imp·k + prior_dim)
+        out = run_networks(self.ffn, chunks.pad(x), chunks.owner.unsqueeze(1))  # (K, 1, c, d)
+        return chunks.unpad(out.squeeze(1))  # (B, d)
+
+    def one(self, imp: torch.Tensor, m: int) -> torch.Tensor:
+        """ê_imp `(B, n_imp·k)` → token m of every row `(B, d)`, computing only that one."""
+        x = torch.cat([imp, self.priors[m].expand(imp.shape[0], -1)], dim=-1)  # (B, n_imp·k + prior_dim)
+        index = torch.full((1, 1), m, device=imp.device)
+        return run_networks(self.ffn, x.unsqueeze(0), index)[0, 0]  # (1, 1, B, d) → (B, d)
+
 
 class MdlTokenMixing(nn.Module):
     """RankMixer's parameter-free mixing: token h of the output = head h of every input token."""
@@ -188,21 +209,35 @@ class MdlSelfAttentionMixing(nn.Module):
 
 
 class MdlDomainAttention(nn.Module):
-    """Domain tokens (queries, own W_Q each) attend to feature tokens (keys / values)."""
+    """Domain tokens (queries, own W_Q each) attend to feature tokens (keys / values).
 
-    def __init__(self, n_queries: int, n_features: int, config: MdlConfig) -> None:
+    Queries are [S scenario tokens; (global;) T task tokens], or with `chunks` [the row's
+    active scenario token; (global;) T task tokens].
+    """
+
+    def __init__(self, n_scenarios: int, n_queries: int, n_features: int, config: MdlConfig) -> None:
         super().__init__()
-        d, self.n_heads = config.d_model, config.n_heads
+        d, self.n_heads, self.n_scenarios = config.d_model, config.n_heads, n_scenarios
         bound = 1 / math.sqrt(d)  # nn.Linear's default init
         self.w_q = nn.Parameter(torch.empty(n_queries, d, d).uniform_(-bound, bound))
         n_kv = n_features if config.per_token_kv else 1
         self.w_kv = nn.Parameter(torch.empty(n_kv, d, 2 * d).uniform_(-bound, bound))
 
-    def forward(self, domain: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def queries(self, domain: torch.Tensor, chunks: ScenarioChunks | None) -> torch.Tensor:
+        """domain `(B, N_q, d)` → Q `(B, N_q, d)`, each token through its own W_Q."""
+        if chunks is None:
+            return torch.einsum("bqd,qde->bqe", domain, self.w_q)  # (B, N_q, d)
+        active = torch.bmm(chunks.pad(domain[:, 0]), self.w_q[chunks.owner])  # (K, c, d): W_Q of the chunk's scenario
+        rest = torch.einsum("bqd,qde->bqe", domain[:, 1:], self.w_q[self.n_scenarios :])  # (B, N_q − 1, d)
+        return torch.cat([chunks.unpad(active).unsqueeze(1), rest], dim=1)  # (B, N_q, d)
+
+    def forward(
+        self, domain: torch.Tensor, features: torch.Tensor, chunks: ScenarioChunks | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """domain `(B, N_q, d)`, features `(B, N_f, d)` → output `(B, N_q, d)`, attention `(B, H, N_q, N_f)`."""
         B, N_q, d = domain.shape
         w_kv = self.w_kv.expand(features.shape[1], -1, -1)  # (N_f, d, 2d)
-        q = torch.einsum("bqd,qde->bqe", domain, self.w_q)  # (B, N_q, d)
+        q = self.queries(domain, chunks)  # (B, N_q, d)
         k, v = torch.einsum("bfd,fde->bfe", features, w_kv).chunk(2, dim=-1)  # 2 × (B, N_f, d)
         d_h = d // self.n_heads
         q, k, v = (t.unflatten(2, (self.n_heads, d_h)).transpose(1, 2) for t in (q, k, v))  # (B, H, N_q|N_f, d_h)
@@ -214,10 +249,11 @@ class MdlDomainAttention(nn.Module):
 class MdlBlock(nn.Module):
     """Feature self-interaction → domain-aware attention → domain-fused aggregation → per-token FFNs."""
 
-    def __init__(self, n_features: int, n_scenario_tokens: int, n_tasks: int, config: MdlConfig, last: bool) -> None:
+    def __init__(self, n_features: int, n_scenarios: int, n_tasks: int, config: MdlConfig, last: bool) -> None:
         super().__init__()
         d, act = config.d_model, ACTIVATIONS[config.ffn_act]
-        self.n_scenario_tokens, self.global_token = n_scenario_tokens, config.use_global_token
+        self.n_scenarios, self.global_token = n_scenarios, config.use_global_token
+        n_scenario_tokens = n_scenarios + config.use_global_token  # global token last
 
         def ffn(n: int) -> ParallelMLP:
             return ParallelMLP(n, [d, config.ffn_mult * d, d], config.dropout, act, activate_last=False)
@@ -226,29 +262,48 @@ class MdlBlock(nn.Module):
         self.mix_norm = nn.LayerNorm(d)
         self.feature_ffn = ffn(n_features)
         self.ffn_norm = nn.LayerNorm(d) if config.feature_ffn_residual else None
-        self.attention = MdlDomainAttention(n_scenario_tokens + n_tasks, n_features, config)
+        self.attention = MdlDomainAttention(n_scenarios, n_scenario_tokens + n_tasks, n_features, config)
         self.scenario_ffn = None if last else ffn(n_scenario_tokens)
         self.task_ffn = ffn(n_tasks)
 
     def forward(
-        self, features: torch.Tensor, scenarios: torch.Tensor, tasks: torch.Tensor, scenario: torch.Tensor
+        self,
+        features: torch.Tensor,
+        scenarios: torch.Tensor,
+        tasks: torch.Tensor,
+        scenario: torch.Tensor,
+        chunks: ScenarioChunks | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """features `(B, N_f, d)`, scenario tokens `(B, N_s(+1), d)`, task tokens `(B, N_t, d)`, ids `(B,)`
-        → the three updated, and the attention `(B, H, N_s(+1)+N_t, N_f)`."""
+        → the three updated, and the attention `(B, H, N_s(+1)+N_t, N_f)`.
+
+        With `chunks` (the rows regrouped by scenario), the scenario tokens are only the ones a
+        row reads, [active; (global)] `(B, 1(+1), d)`, and so is the attention's scenario part.
+        """
         mixed = self.mix_norm(self.mixer(features) + features)  # (B, N_f, d)
         features = self.feature_ffn(mixed)  # (B, N_f, d)
         if self.ffn_norm is not None:
             features = self.ffn_norm(features + mixed)  # (B, N_f, d)
         domain = torch.cat([scenarios, tasks], dim=1)  # (B, N_s(+1)+N_t, d)
-        read, attention = self.attention(domain, features)  # (B, N_s(+1)+N_t, d), (B, H, N_q, N_f)
+        read, attention = self.attention(domain, features, chunks)  # (B, N_s(+1)+N_t, d), (B, H, N_q, N_f)
         domain = domain + read  # (B, N_s(+1)+N_t, d)
-        scenarios, tasks = domain.split([self.n_scenario_tokens, tasks.shape[1]], dim=1)  # Ŝ, T̂
-        active = scenarios[torch.arange(scenarios.shape[0], device=scenarios.device), scenario]  # (B, d)
+        scenarios, tasks = domain.split([scenarios.shape[1], tasks.shape[1]], dim=1)  # Ŝ, T̂
+        if chunks is None:
+            active = scenarios[torch.arange(scenarios.shape[0], device=scenarios.device), scenario]  # (B, d)
+        else:
+            active = scenarios[:, 0]  # (B, d)
         s_avg = (active + scenarios[:, -1]) / 2 if self.global_token else active  # (B, d)
         tasks = tasks + s_avg.unsqueeze(1)  # T̃ (B, N_t, d)
         tasks = self.task_ffn(tasks) + tasks  # (B, N_t, d)
-        if self.scenario_ffn is not None:
+        if self.scenario_ffn is not None and chunks is None:
             scenarios = self.scenario_ffn(scenarios) + scenarios  # (B, N_s(+1), d)
+        elif self.scenario_ffn is not None:  # the active token through its scenario's FFN, the global through its own
+            step = run_networks(self.scenario_ffn, chunks.pad(active), chunks.owner.unsqueeze(1))  # (K, 1, c, d)
+            steps = [chunks.unpad(step.squeeze(1))]  # [(B, d)]
+            if self.global_token:
+                index = torch.full((1, 1), self.n_scenarios, device=active.device)
+                steps.append(run_networks(self.scenario_ffn, scenarios[:, -1].unsqueeze(0), index)[0, 0])  # (B, d)
+            scenarios = torch.stack(steps, dim=1) + scenarios  # (B, 1(+1), d)
         return features, scenarios, tasks, attention
 
 
@@ -279,7 +334,7 @@ class Mdl(MsmtModel):
         self.scenario_tokens = MdlDomainTokens(n_scenario_tokens, self.important.out_dim, config)
         self.task_tokens = MdlDomainTokens(self.n_tasks, self.important.out_dim, config)
         self.blocks = nn.ModuleList(
-            MdlBlock(self.n_features, n_scenario_tokens, self.n_tasks, config, last=i == config.n_blocks - 1)
+            MdlBlock(self.n_features, self.n_scenarios, self.n_tasks, config, last=i == config.n_blocks - 1)
             for i in range(config.n_blocks)
         )
         self.heads = ParallelMLP(self.n_tasks, [config.d_model, 1], activate_last=False)
@@ -304,8 +359,16 @@ class Mdl(MsmtModel):
         }
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """batch (see `TensorData.batches`) → logits `(B, T)`."""
-        tasks = self.forward_tokens(batch)["tasks"]  # (B, N_t, d)
+        """batch (see `TensorData.batches`) → logits `(B, T)`, carrying only the scenario tokens a row reads."""
+        features = self.tokenizer(self.embedding(batch))  # (B, N_f, d)
+        imp = self.important(batch["sparse"])  # (B, n_imp·k)
+        chunks = ScenarioChunks(batch["scenario"], self.n_scenarios)
+        scenarios = [self.scenario_tokens.active(imp, chunks)]  # [(B, d)]: the active token
+        if self.config.use_global_token:
+            scenarios.append(self.scenario_tokens.one(imp, self.n_scenarios))  # the global token
+        scenarios, tasks = torch.stack(scenarios, dim=1), self.task_tokens(imp)  # (B, 1(+1), d), (B, N_t, d)
+        for block in self.blocks:
+            features, scenarios, tasks, _ = block(features, scenarios, tasks, batch["scenario"], chunks)
         return self.heads(tasks).squeeze(-1)  # (B, N_t, 1) → (B, T)
 
 

@@ -64,6 +64,12 @@ Resolutions (not paper text; each is a config flag or stated here):
 - `normalize_scores=True` scores with cosine(z_k, r_k^i) (False: the paper's raw dot
   product, which with τ = 0.1 starts at very large logits); `tau=0.1`; `score_bias`
   adds b_k for BCE; the bias cancels in the listwise softmax.
+- `score_prior=(0.05, 0.005)`: b_k starts at logit(p_k), p_k = task k's base rate
+  (msmt's click ≈ 5%, conversion ≈ 0.5% of impressions), so the first steps do not
+  spend themselves pulling p from ≈ 0.5–0.8 down to the base rate; () starts b_k at 0.
+  The cosine term adds a near-constant of its own at init (the candidates' r_k are
+  still alike): about ±2 logits across seeds at d = 128, so the initial mean p is the
+  base rate within a factor of a few, not exactly.
 - Listwise loss: candidates whose label is masked for task k are left out of task k's
   softmax; requests with no positive are skipped; per task the mean over requests,
   summed over tasks, times `listwise_weight` (λ_list = 1). λ_pt is the trainer's BCE
@@ -109,12 +115,16 @@ class OnerankConfig(ModelConfig):
     normalize_scores: bool = True  # cosine matching  [R]
     tau: float = 0.1  # score temperature  [R]
     score_bias: bool = True  # logit = s/τ + b_k  [R]
+    score_prior: tuple[float, ...] = (0.05, 0.005)  # b_k init = logit(p_k), one per task; () = 0  [R]
     listwise_weight: float = 1.0  # λ_list; 0 = pointwise BCE only  [R]
     setwise: bool = True  # False: every row is its own request (pointwise mode)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.context_fields = tuple(self.context_fields)
+        self.score_prior = tuple(float(p) for p in self.score_prior)
+        if any(not 0.0 < p < 1.0 for p in self.score_prior):
+            raise ValueError(f"score_prior values are probabilities in (0, 1), got {self.score_prior}")
         self.hybrid_mask = tuple(tuple(int(v) for v in row) for row in self.hybrid_mask)
         if min(self.d_model, self.n_layers, self.n_heads, self.ffn_mult) < 1 or self.d_model % self.n_heads:
             raise ValueError(
@@ -163,13 +173,19 @@ def request_layout(
     if group.shape != (n_rows,):
         raise ValueError(f"expected group (B,) = ({n_rows},), got {tuple(group.shape)}")
     group = torch.where(group < 0, group.max().clamp(min=0) + 1 + rows, group)  # (B,)
-    _, req = torch.unique(group, return_inverse=True)  # (B,) in 0..R-1
-    counts = torch.bincount(req)  # (R,)
-    order = torch.argsort(req, stable=True)  # (B,) rows grouped by request
-    starts = counts.cumsum(0) - counts  # (R,)
+    order = torch.argsort(group, stable=True)  # (B,) rows grouped by request, in batch order inside
+    ordered = group[order]  # (B,)
+    first_of_request = torch.ones_like(ordered, dtype=torch.bool)  # (B,)
+    first_of_request[1:] = ordered[1:] != ordered[:-1]
+    req_sorted = first_of_request.cumsum(0) - 1  # (B,) request index (ascending id) of each ordered row
+    req = torch.empty_like(req_sorted)
+    req[order] = req_sorted  # (B,) in 0..R-1
+    counts = torch.zeros_like(rows).index_add_(0, req, torch.ones_like(rows))  # (B,): R used, then zeros
+    starts = counts.cumsum(0) - counts  # (B,)
     pos = torch.empty_like(req)
-    pos[order] = rows - starts[req[order]]  # (B,)
-    return req, pos, order[starts], counts.numel(), int(counts.max())
+    pos[order] = rows - starts[req_sorted]  # (B,)
+    n_req, n_cand = torch.stack([req_sorted[-1] + 1, counts.max()]).tolist()  # the layout's one host sync
+    return req, pos, order[starts[:n_req]], n_req, n_cand
 
 
 class OnerankContext(nn.Module):
@@ -397,21 +413,42 @@ class Onerank(MsmtModel):
         self.interaction = OnerankTaskInteraction(
             d, config.n_heads, config.ffn_mult, config.dropout, mask, config.detach_cross_task
         )
-        self.score_bias = nn.Parameter(torch.zeros(self.n_tasks)) if config.score_bias else None
+        self.score_bias = nn.Parameter(self.initial_score_bias()) if config.score_bias else None
+        self._layout: tuple[torch.Tensor, tuple] | None = None  # (group, layout) of the latest training forward
 
     def task_private_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters with a leading task axis K; slice k belongs to task k alone."""
         names = ("w_situation", "b_situation", "w_query", "w_key", "w_value", "w_out", "b_out")
         return {"templates": self.encoder.templates, **{n: getattr(self.cross, n) for n in names}}
 
+    def initial_score_bias(self) -> torch.Tensor:
+        """b at init `(K,)`: logit(p_k) of `score_prior` (its one value for every task, or one per task), or 0."""
+        prior = self.config.score_prior
+        if not prior:
+            return torch.zeros(self.n_tasks)
+        if len(prior) not in (1, self.n_tasks):
+            raise ValueError(f"score_prior needs 1 or {self.n_tasks} values (tasks {self.spec.tasks}), got {prior}")
+        return torch.logit(torch.tensor(prior, dtype=torch.float32)).expand(self.n_tasks).clone()  # (K,)
+
     def requests(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
-        """The batch's request layout (see `request_layout`); pointwise unless setwise with a "group"."""
+        """The batch's request layout (see `request_layout`); pointwise unless setwise with a "group".
+
+        Reuses the layout the latest training forward built for this very `group` tensor (the
+        trainer's extra_losses call on the same batch), so a step builds it once.
+        """
         group = batch.get("group") if self.config.setwise else None
-        return request_layout(group, batch["sparse"].shape[0], batch["sparse"].device)
+        cached, self._layout = self._layout, None
+        if group is not None and cached is not None and cached[0] is group:
+            return cached[1]
+        layout = request_layout(group, batch["sparse"].shape[0], batch["sparse"].device)
+        if group is not None and self.training:
+            self._layout = (group, layout)
+        return layout
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """batch (see `TensorData.batches`, optionally with "group" `(B,)`) → logits `(B, T)`."""
         fields = self.embedding(batch)  # (B, F, k)
+        self._layout = None  # a new batch: build its layout afresh
         req, pos, first, n_req, n_cand = self.requests(batch)
         valid = torch.zeros(n_req, n_cand, dtype=torch.bool, device=fields.device)
         valid[req, pos] = True  # (R, N)
