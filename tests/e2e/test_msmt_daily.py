@@ -23,7 +23,7 @@ DAY1, DAY2, BROKEN_DAY = lake.shift(START, 5), lake.shift(START, 6), lake.shift(
 def world(session_settings):
     """Eight days of tiny logs; the runs need the environment Airflow was configured with."""
     saved = dict(os.environ)
-    settings = session_settings.with_(gate_min_rows=300, epochs=3, batch_size=256)
+    settings = session_settings.with_(gate_min_rows=300, epochs=3, batch_size=256, train_days=2)
     simulate(settings, START, 8, 10_000, seed=3, config=SimConfig(n_users=2_000, n_items=500), progress=False)
     yield settings
     os.environ.clear()

@@ -20,9 +20,13 @@ START = "2026-04-01"
 RUN_DAY = "2026-04-06"  # sample day 04-04, training day 04-03
 
 
-@pytest.fixture
-def world(settings, spark):
-    settings = settings.with_(train_days=1, drift_min_rows=500)
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, spark):
+    """One simulated week for both tests, in file order: the second breaks what the first left valid."""
+    from msmt.settings import Settings
+
+    home = tmp_path_factory.mktemp("rebuild") / "msmt"
+    settings = Settings(home=home, train_days=1, drift_min_rows=500, spark_driver_memory="2g")
     config = SimConfig(n_users=2_000, n_items=500, malformed_rate=0.0)
     simulate(settings, START, 7, 4_000, seed=11, config=config, progress=False)
     return settings
