@@ -22,7 +22,8 @@ $(STAMP): requirements.lock pyproject.toml
 demo: install  ## the main job: a simulated week, then msmt_daily for two days
 	$(BIN)/msmt demo
 
-test: install  ## the whole suite (what CI runs)
+test: install  ## the whole suite (what CI runs): the import contracts, then every test
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 test-unit: install
@@ -34,9 +35,10 @@ test-integration: install
 e2e: install
 	$(BIN)/pytest -m e2e
 
-lint: install
+lint: install  ## ruff, and the layers' import contracts (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .

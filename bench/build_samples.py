@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from msmt.settings import Settings
-from msmt.simulate import simulate
+from pipeline.simulate import simulate
 from spark_jobs import build_samples
 from spark_jobs.common import get_spark
 

@@ -318,6 +318,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(CANDIDATES), help="those with a file in training/models run")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per rank")
+    parser.add_argument("--precisions", default="auto", help="fp32, bf16 or both; auto: bf16 too where native")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -327,7 +328,7 @@ def main() -> None:
         child(args)
         return
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
-    precisions = [False, True] if cuda or cpu_has_bf16() else [False]
+    precisions = bf16_choices(args.precisions, native_bf16=cuda or cpu_has_bf16())
     models = [m for m in args.models.split(",") if m in REGISTRY]
     results = []
     for model in models:
@@ -340,6 +341,16 @@ def main() -> None:
     print(f"\n{args.rows:,} synthetic rows, {args.sparse_fields} sparse fields × 16 dims, "
           f"batch {args.batch_size}, {args.max_steps} steps timed; {machine()}\n")  # fmt: skip
     print("\n".join(table(results, cuda)))
+
+
+def bf16_choices(precisions: str, native_bf16: bool) -> list[bool]:
+    """`--precisions` as bf16 flags: "auto" measures bf16 beside fp32 only where the device runs it natively."""
+    if precisions == "auto":
+        return [False, True] if native_bf16 else [False]
+    names = precisions.split(",")
+    if not set(names) <= {"fp32", "bf16"}:
+        raise SystemExit(f"--precisions: fp32, bf16 or both, got {precisions!r}")
+    return [name == "bf16" for name in names]
 
 
 def _precision(bf16: bool) -> str:

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as pds
 
-from msmt import lake, pipeline
+from msmt import lake
 from msmt.settings import PROJECT_ROOT, Settings
-from msmt.simulate import oracle_auc, simulate
+from pipeline import steps
+from pipeline.simulate import oracle_auc, simulate
 
 START = "2026-01-01"
 DOC = PROJECT_ROOT / "docs" / "benchmarks.md"
@@ -37,11 +38,11 @@ def prepare(settings: Settings, impressions_per_day: int) -> tuple[str, str, dic
     """Simulate, then build samples, features and the training set exactly as msmt_daily does."""
     days = settings.train_days + settings.attribution_window_days + 1
     simulate(settings, START, days, impressions_per_day, seed=0)
-    plan = pipeline.plan_day(settings, lake.shift(START, days - 1))
-    pipeline.build_samples(settings, plan)
-    pipeline.build_features(settings, plan)
-    pipeline.publish_features(settings, plan)
-    training_set = pipeline.build_training_set(settings, plan)
+    plan = steps.plan_day(settings, lake.shift(START, days - 1))
+    steps.build_samples(settings, plan)
+    steps.build_features(settings, plan)
+    steps.publish_features(settings, plan)
+    training_set = steps.build_training_set(settings, plan)
     truth = pds.dataset(lake.raw(settings, "truth", plan.sample_ds)).to_table().to_pandas()
     labels = pds.dataset(training_set).to_table(columns=["impression_id", "click", "conversion", "ds"]).to_pandas()
     oracle = oracle_auc(truth, labels[labels["ds"] == plan.sample_ds])
@@ -62,10 +63,11 @@ def train_one(args: tuple) -> dict:
     import torch
 
     from training.data import default_spec, encode, read_training_set, split_by_day
+    from training.evaluate import score_cells
     from training.models import build_model
-    from training.trainer import TrainConfig, fit, score_cells
+    from training.trainer import TrainConfig, fit
 
-    train_table, eval_table = split_by_day(read_training_set(training_set), eval_ds)
+    train_table, eval_table = split_by_day(read_training_set(settings, training_set), eval_ds)
     spec = default_spec(len(settings.scenarios), settings.tasks)
     train, held_out = encode(train_table, spec), encode(eval_table, spec)
     torch.manual_seed(seed)

@@ -21,7 +21,8 @@ before it and holds the sample day out for the gate.
 | `evaluate_model` | champion vs challenger per scenario × task | retried |
 | `promote_model` | `champion` alias moves only on pass | not retried |
 
-All logic lives in `msmt.pipeline`; tasks only pass day plans, URIs and versions. Every task
+All logic lives in `pipeline.steps` (the pod in `pipeline.pods`); tasks only pass the day's plan
+(`DayPlan.to_dict` / `from_dict`), URIs and versions. Every task
 leaves its error in XCom (`error`) when it fails, and a deterministic failure (`msmt.errors.StopRun`:
 a failed check, a bad override, a refused promotion) fails it at once, without retry.
 A training day counts as built once its samples check passed; `rebuild` rebuilds the training
@@ -36,95 +37,25 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from msmt.catalog import model_names
-from msmt.orchestration import fail_fast
+from msmt.settings import Settings
+from pipeline import steps
+from pipeline.orchestration import fail_fast
+from pipeline.steps import DayPlan
+from training.catalog import model_names
 
-CHECKPOINT_MOUNT = "/checkpoints"  # where the training pod mounts its checkpoint claim
-
-
-def _settings():
-    from msmt.settings import Settings
-
-    return Settings.from_env()
-
-
-def _train_pod(settings):
-    """Cluster profile: the training worker in a GPU pod, the same torchrun command as a local run.
-
-    Plan, training set and model come from XCom / params at run time; the pod writes to
-    `pipeline.training_output`, where `train_model` reads, logs and registers. Checkpoints go
-    to the claim `MSMT_TRAIN_CHECKPOINT_CLAIM`, one directory per run, day and model, so a
-    retried pod resumes where the failed one stopped.
-    """
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-    from kubernetes.client import models as k8s
-
-    from msmt.pipeline import training_output
-    from training.worker import worker_command
-
-    gpus = "{{ params.gpus }}"
-    day = "{{ ti.xcom_pull(task_ids='plan_day')['ds'] }}"
-    claim = settings.train_checkpoint_claim
-    volumes, mounts = [], []
-    if claim:
-        source = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=claim)
-        volumes = [k8s.V1Volume(name="checkpoints", persistent_volume_claim=source)]
-        mounts = [k8s.V1VolumeMount(name="checkpoints", mount_path=CHECKPOINT_MOUNT)]
-    checkpoint_root = CHECKPOINT_MOUNT if claim else "/tmp"
-    checkpoints = f"{checkpoint_root}/msmt-checkpoints/{{{{ run_id }}}}/{day}/{{{{ params.model }}}}"
-    command = worker_command(
-        training_set="{{ ti.xcom_pull(task_ids='build_training_set') }}",
-        eval_ds="{{ ti.xcom_pull(task_ids='plan_day')['sample_ds'] }}",
-        model="{{ params.model }}",
-        out=training_output(settings, day, "{{ params.model }}"),
-        workers=gpus,
-        checkpoint_dir=checkpoints,
-    )
-    overrides = "{{ dict(params.overrides, **({'epochs': params.epochs} if params.epochs else {})) | tojson }}"
-    command[command.index("--overrides") + 1] = overrides
-    env = {k: v for k, v in settings.to_env().items() if k != "MSMT_HOME"}  # the scheduler's home is not the pod's
-    return KubernetesPodOperator(
-        task_id="train_pod",
-        name="msmt-train",
-        namespace=settings.train_namespace,
-        image=settings.train_image,
-        cmds=command[:1],
-        arguments=command[1:],
-        env_vars=env,
-        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name="msmt-s3", optional=True))],
-        container_resources=k8s.V1ResourceRequirements(
-            requests={"nvidia.com/gpu": gpus, "cpu": "8", "memory": "32Gi"},
-            limits={"nvidia.com/gpu": gpus},
-        ),
-        volumes=volumes,
-        volume_mounts=mounts,
-        on_finish_action="delete_succeeded_pod",
-        get_logs=True,
-        doc_md="#### Train the challenger on GPUs (torchrun in a Kubernetes pod)",
-    )
-
-
-def _overrides(params) -> dict:
-    """The `overrides` param, with `epochs` folded in when set."""
-    return {**params["overrides"], **({"epochs": params["epochs"]} if params.get("epochs") else {})}
-
-
-def _plan(plan: dict):
-    from msmt.pipeline import DayPlan
-
-    return DayPlan(**{**plan, "train_days": tuple(plan["train_days"])})
+SETTINGS = Settings.from_env()  # the profile decides the DAG's shape (a training pod or not), nothing else
 
 
 @dag(
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=pendulum.parse(_settings().dag_start, tz="UTC"),  # MSMT_DAG_START: imported logs may be older
+    start_date=pendulum.parse(SETTINGS.dag_start, tz="UTC"),  # MSMT_DAG_START: imported logs may be older
     catchup=False,
     max_active_runs=1,
     tags=["msmt", "retraining"],
     doc_md=__doc__,
-    default_args={"owner": "msmt", "retries": 2, "retry_delay": timedelta(seconds=_settings().retry_delay_s)},
+    default_args={"owner": "msmt", "retries": 2, "retry_delay": timedelta(seconds=SETTINGS.retry_delay_s)},
     params={
-        "model": Param("mmoe", type="string", enum=model_names(), description="model of the zoo to train"),
+        "model": Param(steps.DEFAULT_MODEL, type="string", enum=model_names(), description="model of the zoo to train"),
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="override the model's epochs"),
         "overrides": Param(
             {}, type="object", description="trainer / model config fields over training/configs/<model>.json"
@@ -143,88 +74,63 @@ def msmt_daily():
     @fail_fast
     def plan_day() -> dict:
         """#### Which days this run reads and writes; the model and its overrides are checked here"""
-        from msmt.pipeline import plan_day as plan
-
         context = get_current_context()
-        params, ds = context["params"], context["logical_date"].date().isoformat()
-        return plan(_settings(), ds, params["rebuild"], params["model"], _overrides(params)).to_dict()
+        ds = context["logical_date"].date().isoformat()
+        return steps.plan_from_params(Settings.from_env(), ds, context["params"]).to_dict()
 
     @task
     @fail_fast
     def check_raw_logs(plan: dict) -> dict:
         """#### Great Expectations on the raw logs the sample day reads"""
-        from msmt import pipeline
-
-        return pipeline.check_raw_logs(_settings(), _plan(plan))
+        return steps.check_raw_logs(Settings.from_env(), DayPlan.from_dict(plan))
 
     @task
     @fail_fast
     def build_samples(plan: dict, raw_checks: dict) -> dict:
         """#### Spark: scenario-tagged samples of the matured day"""
-        from msmt import pipeline
-
-        return pipeline.build_samples(_settings(), _plan(plan))
+        return steps.build_samples(Settings.from_env(), DayPlan.from_dict(plan))
 
     @task
     @fail_fast
     def build_features(plan: dict, raw_checks: dict) -> dict:
         """#### Spark: user / item aggregates as of each day"""
-        from msmt import pipeline
-
-        return pipeline.build_features(_settings(), _plan(plan))
+        return steps.build_features(Settings.from_env(), DayPlan.from_dict(plan))
 
     @task
     @fail_fast
     def check_samples(plan: dict, samples: dict) -> dict:
         """#### Great Expectations on every sample day built, against trailing days"""
-        from msmt import pipeline
-
-        return pipeline.check_samples(_settings(), _plan(plan), samples["built"])
+        return steps.check_samples(Settings.from_env(), DayPlan.from_dict(plan), samples["built"])
 
     @task
     @fail_fast
     def publish_features(plan: dict, features: dict) -> dict:
         """#### Feast: apply definitions, materialise to the online store"""
-        from msmt import pipeline
-
-        return pipeline.publish_features(_settings(), _plan(plan))
+        return steps.publish_features(Settings.from_env(), DayPlan.from_dict(plan))
 
     @task
     @fail_fast
     def build_training_set(plan: dict, sample_checks: dict, published: dict) -> str:
         """#### Feast point-in-time join of samples and features"""
-        from msmt import pipeline
-
-        return pipeline.build_training_set(_settings(), _plan(plan))
+        return steps.build_training_set(Settings.from_env(), DayPlan.from_dict(plan))
 
     @task(retries=0)
     @fail_fast
     def train_model(plan: dict, training_set: str) -> dict:
         """#### Train the challenger (or read the training pod's outputs), log it to MLflow, register a version"""
-        from msmt import pipeline
-
-        settings, params = _settings(), get_current_context()["params"]
-        overrides = _overrides(params)
-        trained_dir = (
-            pipeline.training_output(settings, plan["ds"], params["model"]) if settings.profile == "cluster" else None
-        )
-        return pipeline.train_model(settings, _plan(plan), training_set, params["model"], overrides, trained_dir)
+        return steps.train_model(Settings.from_env(), DayPlan.from_dict(plan), training_set)
 
     @task
     @fail_fast
     def evaluate_model(plan: dict, training_set: str, trained: dict) -> dict:
         """#### Champion vs challenger per scenario × task on the held-out day"""
-        from msmt import pipeline
-
-        return pipeline.evaluate_model(_settings(), _plan(plan), training_set, trained["version"])
+        return steps.evaluate_model(Settings.from_env(), DayPlan.from_dict(plan), training_set, trained["version"])
 
     @task(retries=0)
     @fail_fast
-    def promote_model(decision: dict) -> dict:
-        """#### Move the `champion` alias only if the gate passed"""
-        from msmt import pipeline
-
-        return pipeline.promote_model(_settings(), decision, get_current_context()["params"]["promote"])
+    def promote_model(plan: dict, decision: dict) -> dict:
+        """#### Move the `champion` alias only if the gate passed (and the run may promote)"""
+        return steps.promote_model(Settings.from_env(), DayPlan.from_dict(plan), decision)
 
     plan = plan_day()
     raw_checks = check_raw_logs(plan)
@@ -233,9 +139,11 @@ def msmt_daily():
     published = publish_features(plan, build_features(plan, raw_checks))
     training_set = build_training_set(plan, sample_checks, published)
     trained = train_model(plan, training_set)
-    if _settings().profile == "cluster":
-        training_set >> _train_pod(_settings()) >> trained
-    promote_model(evaluate_model(plan, training_set, trained))
+    if SETTINGS.profile == "cluster":
+        from pipeline.pods import training_pod
+
+        training_set >> training_pod(SETTINGS) >> trained
+    promote_model(plan, evaluate_model(plan, training_set, trained))
 
 
 msmt_daily()

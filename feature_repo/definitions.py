@@ -61,6 +61,7 @@ def definitions(settings: Settings) -> list[object]:
             path=f"{lake.features(settings, view)}/ds=*/*.parquet",  # every day's partition
             file_format=ParquetFormat(),
             timestamp_field="event_timestamp",
+            s3_endpoint_override=settings.s3_endpoint_url or None,
             description=f"{view} parquet written daily by spark_jobs.build_features",
         )
         views.append(

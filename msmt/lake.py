@@ -7,8 +7,11 @@
     quarantine/ds=…/source=…/             malformed rows with a reason (build_samples)
     features/<view>/ds=…/                 aggregates as of 00:00 of ds (build_features)
     training_sets/ds=…/                   point-in-time training set of one run (Feast)
+    training_runs/ds=…/<model>/           a training pod's weights and metrics (cluster profile)
     checks/<suite>/ds=….json              Great Expectations results
     gate/ds=….json                        gate decisions
+    _staging/import-<token>/              an import being parsed, swapped in day by day when complete
+    mlflow-artifacts/<experiment>/        MLflow artifacts (cluster profile, lake on S3)
 
 Every writer overwrites exactly its own partition, which is what makes a
 re-run of a day idempotent.
@@ -72,3 +75,18 @@ def check_result(settings: Settings, suite: str, ds: str) -> str:
 
 def gate_report(settings: Settings, ds: str) -> str:
     return f"{table(settings, 'gate')}/ds={ds}.json"
+
+
+def training_output(settings: Settings, ds: str, model: str) -> str:
+    """Where a training pod writes the weights and metrics of run day `ds` (per model)."""
+    return f"{table(settings, 'training_runs')}/ds={ds}/{model}"
+
+
+def staging(settings: Settings, token: str) -> str:
+    """An import's private area until it swaps its days into `raw/`."""
+    return table(settings, f"_staging/import-{token}")
+
+
+def mlflow_artifacts(settings: Settings) -> str:
+    """MLflow's artifact root when the lake is on S3 (cluster profile)."""
+    return f"{table(settings, 'mlflow-artifacts')}/{settings.experiment}"

@@ -55,6 +55,13 @@ TRUTH = pa.schema(
 )
 
 RAW = {"impressions": IMPRESSIONS, "clicks": CLICKS, "conversions": CONVERSIONS, "truth": TRUTH}
+# Columns without which a raw row cannot be joined (null → quarantined / counted by the checks).
+RAW_KEYS = {
+    "impressions": ("impression_id", "request_id", "ts", "user_id", "item_id", "scenario"),
+    "clicks": ("click_id", "impression_id", "ts"),
+    "conversions": ("conversion_id", "click_id", "ts"),
+}
+RECORD_IDS = {"impressions": "impression_id", "clicks": "click_id", "conversions": "conversion_id"}
 
 # One row per impression of the sample day, written under samples/ds=…/scenario=…/.
 SAMPLES = pa.schema(
@@ -78,6 +85,8 @@ SAMPLES = pa.schema(
 )
 
 # Malformed rows of any raw table, with the reason they were set aside.
+SAMPLE_KEYS = ("impression_id", "request_id", "event_timestamp", "user_id", "item_id", "scenario_id", "position")
+
 QUARANTINE = pa.schema(
     [
         ("source", pa.string()),  # impressions | clicks | conversions

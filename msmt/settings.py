@@ -130,24 +130,6 @@ class Settings:
         if not self.lake.startswith("s3://"):
             Path(self.lake).mkdir(parents=True, exist_ok=True)
 
-    def configure_mlflow(self) -> None:
-        """Point MLflow at this profile's tracking store (explicit, never on import)."""
-        import mlflow
-
-        self.ensure_dirs()
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        mlflow.set_tracking_uri(self.mlflow_uri)
-        mlflow.set_registry_uri(self.mlflow_uri)
-        if mlflow.get_experiment_by_name(self.experiment) is None:
-            mlflow.create_experiment(self.experiment, artifact_location=_artifact_location(self))
-        mlflow.set_experiment(self.experiment)
-
-
-def _artifact_location(settings: Settings) -> str:
-    if settings.profile == "cluster" and settings.lake.startswith("s3://"):
-        return f"{settings.lake.rstrip('/')}/mlflow-artifacts/{settings.experiment}"
-    return Path(settings.mlflow_artifact_root, settings.experiment).as_uri()
-
 
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 

@@ -29,10 +29,6 @@ from msmt.settings import Settings
 log = logging.getLogger("msmt.spark")
 
 SECONDS_PER_DAY = 86_400
-IMPRESSION_KEYS = ("impression_id", "request_id", "ts", "user_id", "item_id", "scenario")
-CLICK_KEYS = ("click_id", "impression_id", "ts")
-CONVERSION_KEYS = ("conversion_id", "click_id", "ts")
-RECORD_IDS = {"impressions": "impression_id", "clicks": "click_id", "conversions": "conversion_id"}
 
 
 class MissingPartitionError(FileNotFoundError):
@@ -174,7 +170,7 @@ def flag_impressions(impressions: DataFrame, scenarios: Sequence[str]) -> DataFr
     flagged = impressions.withColumn(
         "reason",
         _first_failure(
-            (_any_null(IMPRESSION_KEYS), "null_key"),
+            (_any_null(schemas.RAW_KEYS["impressions"]), "null_key"),
             (~F.col("scenario").isin(list(scenarios)), "unknown_scenario"),
             (_outside_day(), "ts_outside_day"),
             (F.col("position").isNull() | (F.col("position") < 0), "bad_position"),
@@ -196,7 +192,7 @@ def flag_clicks(clicks: DataFrame, impressions: DataFrame, window_days: int) -> 
     flagged = clicks.join(shown, "impression_id", "left").withColumn(
         "reason",
         _first_failure(
-            (_any_null(CLICK_KEYS), "null_key"),
+            (_any_null(schemas.RAW_KEYS["clicks"]), "null_key"),
             (_outside_day(), "ts_outside_day"),
             (F.col("impression_ts").isNull(), "orphan_click"),
             (F.col("ts") < F.col("impression_ts"), "click_before_impression"),
@@ -242,7 +238,7 @@ def flag_conversions(conversions: DataFrame, clicks: DataFrame, window_days: int
     flagged = conversions.join(genuine, "click_id", "left").withColumn(
         "reason",
         _first_failure(
-            (_any_null(CONVERSION_KEYS), "null_key"),
+            (_any_null(schemas.RAW_KEYS["conversions"]), "null_key"),
             (_outside_day(), "ts_outside_day"),
             (F.col("click_ts").isNull(), "no_matching_click"),
             (F.col("ts") < F.col("click_ts"), "conversion_before_click"),
@@ -274,7 +270,7 @@ def quarantine_rows(flagged: DataFrame, source: str, ds: str) -> DataFrame:
     )
     return flagged.where((F.col("ds") == ds) & F.col("reason").isNotNull()).select(
         F.lit(source).alias("source"),
-        F.col(RECORD_IDS[source]).alias("record_id"),
+        F.col(schemas.RECORD_IDS[source]).alias("record_id"),
         F.col("reason"),
         payload.alias("payload"),
     )

@@ -1,11 +1,12 @@
 """Training checkpoints: write atomically, read back safely, capture and restore every RNG.
 
-A checkpoint is one file, `<dir>/last.pt`, replaced in place: written to a
-temporary file in the same directory, flushed to disk, then renamed over the old
-one, so a process killed at any moment leaves either the previous checkpoint or
-the new one, never half a file. It holds only state dicts, plain tensors and
-Python scalars / lists / dicts, and is read with `torch.load(weights_only=True)`,
-which refuses anything else (no pickled code runs on load).
+A checkpoint is one object, `<dir>/last.pt`, on the local disk or on S3 alike
+(`msmt.storage`), replaced in place: `storage.write_bytes` renames a flushed
+temporary file over it locally and PUTs it in one request on S3, so a process
+killed at any moment leaves either the previous checkpoint or the new one,
+never half of one. It holds only state dicts, plain tensors and Python scalars /
+lists / dicts, and is read with `torch.load(weights_only=True)`, which refuses
+anything else (no pickled code runs on load).
 
 RNG states are stored in that form too: numpy's Mersenne-Twister key becomes an
 int64 tensor, Python's `random` state a tuple of ints.
@@ -13,68 +14,60 @@ int64 tensor, Python's `random` state a tuple of ints.
 
 from __future__ import annotations
 
-import contextlib
+import io
 import os
 import random
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from msmt import storage
+from msmt.settings import Settings
+
 FILE_NAME = "last.pt"
 
 
-def path_in(directory: str | os.PathLike) -> Path:
-    return Path(directory) / FILE_NAME
+def path_in(directory: str | os.PathLike) -> str:
+    """The checkpoint's URI in `directory` (a local path or `s3://…`)."""
+    return f"{str(directory).rstrip('/')}/{FILE_NAME}"
 
 
-def latest(directory: str | os.PathLike | None) -> Path | None:
+def latest(settings: Settings, directory: str | os.PathLike | None) -> str | None:
     """The checkpoint to resume from, or None when `directory` is unset or holds none."""
     if not directory:
         return None
-    path = path_in(directory)
-    return path if path.is_file() else None
+    uri = path_in(directory)
+    return uri if storage.exists(settings, uri) else None
 
 
-def save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write `state` atomically (temporary file in the same directory + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def save(settings: Settings, uri: str, state: dict[str, Any]) -> str:
+    """Serialize `state` in memory, then replace the checkpoint at `uri` with it atomically."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    storage.write_bytes(settings, uri, buffer.getvalue())
+    return uri
 
 
-def discard(directory: str | os.PathLike | None) -> None:
+def discard(settings: Settings, directory: str | os.PathLike | None) -> None:
     """Remove a finished run's checkpoint (and its directory once empty).
 
     Once the outputs are written the checkpoint is spent; kept, it would make a
     re-run of the day on corrected data "resume" the finished training instead
     of training again, and it would fill the training pod's volume day by day.
-    The temporary file of a save that a kill -9 interrupted goes too.
+    The temporary file of a save that a kill -9 interrupted goes with the directory.
     """
     if not directory:
         return
-    path_in(directory).unlink(missing_ok=True)
-    for orphan in Path(directory).glob(f".{FILE_NAME}.*.tmp"):
-        orphan.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # not empty, or already gone
-        Path(directory).rmdir()
+    directory = str(directory)
+    storage.remove(settings, path_in(directory))
+    if not storage.list_keys(settings, directory):  # left: an empty directory (marker), a killed save's temporary file
+        storage.remove_prefix(settings, directory)
 
 
-def load(path: str | os.PathLike) -> dict[str, Any]:
+def load(settings: Settings, uri: str) -> dict[str, Any]:
     """Read a checkpoint onto the CPU; only tensors and plain containers are accepted."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(io.BytesIO(storage.read_bytes(settings, uri)), map_location="cpu", weights_only=True)
 
 
 def rng_state() -> dict[str, Any]:

@@ -15,7 +15,6 @@ Id encoding (id 0 is reserved everywhere for null / unknown / sequence padding):
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 
@@ -25,7 +24,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import torch
 
-from msmt import schemas
+from msmt import schemas, storage
+from msmt.ids import string_digests
+from msmt.settings import Settings
 
 _BATCH_KEYS = ("sparse", "dense", "seq", "scenario", "labels", "label_mask", "group")
 
@@ -247,19 +248,10 @@ def _hash_ids(values: np.ndarray, valid: np.ndarray, vocab: int) -> np.ndarray:
     return np.where(valid, codes, 0)
 
 
-def _string_digests(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(blake2b-64 of each distinct string `(D,)` uint64, each row's index into them `(N,)`, -1 = null):
-    the same string gets the same digest in every process, machine and chunk of a table."""
-    encoded = column.dictionary_encode()
-    digests = [int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little")
-               for v in encoded.dictionary.to_pylist()]  # distinct values only, not rows  # fmt: skip
-    return np.array(digests, dtype=np.uint64), encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-
-
 def _request_groups(column: pa.ChunkedArray) -> np.ndarray:
     """request_id → a non-negative int64 per request (62-bit digest), -1 for a null request."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    digests, indices = _string_digests(column.cast(pa.string()))
+    digests, indices = string_digests(column.cast(pa.string()))
     groups = (digests >> np.uint64(2)).astype(np.int64)  # < 2^62: room for singleton ids above the max
     return np.where(indices >= 0, groups[np.maximum(indices, 0)], -1)
 
@@ -271,7 +263,7 @@ def _encode_column(column: pa.ChunkedArray | pa.Array, vocab: int, hashed: bool)
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        digests, indices = _string_digests(column)
+        digests, indices = string_digests(column)
         value_codes = _hash_ids(digests.view(np.int64), np.ones(len(digests), bool), vocab)
         return np.where(indices >= 0, value_codes[np.maximum(indices, 0)], 0)
     if not pa.types.is_integer(column.type):
@@ -352,38 +344,38 @@ def encode(table: pa.Table, spec: FeatureSpec) -> TensorData:
     )
 
 
-def _training_dataset(path_or_uri: str) -> pads.Dataset:
+def _training_dataset(settings: Settings, uri: str) -> pads.Dataset:
     """A parquet training set; hive directory keys become columns unless the files already
     hold a column of that name (the files' `ds` wins over `ds=…/`)."""
-    file_columns = set(pads.dataset(path_or_uri, format="parquet").schema.names)
-    hive = pads.dataset(path_or_uri, format="parquet", partitioning="hive")
+    file_columns = set(storage.dataset(settings, uri).schema.names)
+    hive = storage.dataset(settings, uri, partitioning="hive")
     keys = [f for f in hive.partitioning.schema if f.name not in file_columns] if hive.partitioning else []
-    return pads.dataset(path_or_uri, format="parquet", partitioning=pads.partitioning(pa.schema(keys), flavor="hive"))
+    return storage.dataset(settings, uri, partitioning=pads.partitioning(pa.schema(keys), flavor="hive"))
 
 
 def read_training_set(
-    path_or_uri: str, where: pc.Expression | None = None, columns: list[str] | None = None
+    settings: Settings, uri: str, where: pc.Expression | None = None, columns: list[str] | None = None
 ) -> pa.Table:
-    """Read a parquet training set (local path or URI), optionally only the rows `where` holds and
+    """Read a parquet training set (a lake path or URI), optionally only the rows `where` holds and
     some `columns` (both pushed down to the files)."""
-    return _training_dataset(path_or_uri).to_table(columns, filter=where)
+    return _training_dataset(settings, uri).to_table(columns, filter=where)
 
 
 def _day() -> pc.Expression:
     return pc.field("ds").cast(pa.string())
 
 
-def read_held_out(path_or_uri: str, eval_ds: str) -> pa.Table:
+def read_held_out(settings: Settings, uri: str, eval_ds: str) -> pa.Table:
     """The rows of the held-out day `eval_ds` only."""
-    table = read_training_set(path_or_uri, where=_day() == eval_ds)
+    table = read_training_set(settings, uri, where=_day() == eval_ds)
     if table.num_rows == 0:
-        raise ValueError(f"no rows with ds == {eval_ds!r} in {path_or_uri}")
+        raise ValueError(f"no rows with ds == {eval_ds!r} in {uri}")
     return table
 
 
-def rows_per_day(path_or_uri: str) -> dict[str, int]:
+def rows_per_day(settings: Settings, uri: str) -> dict[str, int]:
     """Rows of each day of a training set, reading its `ds` column only."""
-    days = read_training_set(path_or_uri, columns=["ds"]).column("ds").cast(pa.string())
+    days = read_training_set(settings, uri, columns=["ds"]).column("ds").cast(pa.string())
     return {row["values"]: row["counts"] for row in pc.value_counts(days).to_pylist()}
 
 
@@ -405,14 +397,14 @@ def encode_scan(dataset: pads.Dataset, spec: FeatureSpec, where: pc.Expression |
     return out if out is not None else encode(dataset.schema.empty_table(), spec)
 
 
-def load_split(path_or_uri: str, spec: FeatureSpec, eval_ds: str) -> tuple[TensorData, TensorData]:
+def load_split(settings: Settings, uri: str, spec: FeatureSpec, eval_ds: str) -> tuple[TensorData, TensorData]:
     """Tensors of the training days (before `eval_ds`) and of the held-out day, as `split_by_day`
     and `encode` would give, read and encoded batch by batch (`encode_scan`): what training holds
     is the compact tensors, not the parquet's arrow tables."""
-    dataset = _training_dataset(path_or_uri)
+    dataset = _training_dataset(settings, uri)
     train, held_out = encode_scan(dataset, spec, _day() < eval_ds), encode_scan(dataset, spec, _day() == eval_ds)
     if len(held_out) == 0:
-        raise ValueError(f"no rows with ds == {eval_ds!r} in {path_or_uri}")
+        raise ValueError(f"no rows with ds == {eval_ds!r} in {uri}")
     return train, held_out
 
 

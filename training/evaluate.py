@@ -134,3 +134,13 @@ def paired_bootstrap(
         return diff, float("nan"), float("nan")
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     return diff, float(lo), float(hi)
+
+
+def score_cells(model, data, scenario_names, tasks) -> list[dict]:
+    """Per scenario × task rows, positives, AUC and logloss of `model` on `data` (see cell_metrics)."""
+    from training.scoring import predict  # torch only when scoring: the gate's statistics stay numpy
+
+    probs = predict(model, data)
+    return cell_metrics(
+        probs, data.labels.numpy(), data.label_mask.numpy(), data.scenario.numpy(), scenario_names, tasks
+    )

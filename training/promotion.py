@@ -43,7 +43,8 @@ from msmt.settings import Settings
 from training.data import TensorData, encode, read_held_out
 from training.gate import GateRules, decide
 from training.pyfunc import load_ranker
-from training.trainer import predict
+from training.scoring import predict
+from training.tracking import configure_mlflow
 
 CHAMPION = "champion"
 PREVIOUS = "previous_champion"
@@ -63,13 +64,13 @@ def evaluate_and_gate(settings: Settings, training_set_uri: str, eval_ds: str, c
     decision dict plus `challenger_version`, `champion_version` (None on a first
     run), `eval_ds` and `run_id`: exactly what `promote` needs.
     """
-    settings.configure_mlflow()
+    configure_mlflow(settings)
     client = MlflowClient()
     name = settings.registered_model
     challenger_version = str(challenger_version)
     run_id = client.get_model_version(name, challenger_version).run_id
     champion_version = _alias_version(client, name, CHAMPION)
-    eval_table = read_held_out(training_set_uri, eval_ds)
+    eval_table = read_held_out(settings, training_set_uri, eval_ds)
 
     challenger_probs, data = _score(f"models:/{name}/{challenger_version}", eval_table)
     champion_probs = None if champion_version is None else _score(f"models:/{name}/{champion_version}", eval_table)[0]
@@ -139,7 +140,7 @@ def promote(settings: Settings, decision: dict, actor: str | None = None) -> dic
     decision, or when `champion` moved since the gate compared against it; and
     `msmt.locks.LockHeld` when another alias move holds the lock past `LOCK_WAIT_S`.
     """
-    settings.configure_mlflow()
+    configure_mlflow(settings)
     client = MlflowClient()
     name = settings.registered_model
     challenger, compared_with = str(decision["challenger_version"]), decision["champion_version"]
@@ -192,7 +193,7 @@ def _check_gate_tags(client: MlflowClient, name: str, decision: dict) -> None:
 
 def rollback(settings: Settings, actor: str | None = None, reason: str = "manual rollback") -> dict:
     """`champion` ← `previous_champion`; the alias `previous_champion` is then cleared (one level of undo)."""
-    settings.configure_mlflow()
+    configure_mlflow(settings)
     client = MlflowClient()
     name = settings.registered_model
     with locks.hold(settings, LOCK, f"rollback of {name}", wait_s=LOCK_WAIT_S):
@@ -214,13 +215,13 @@ def rollback(settings: Settings, actor: str | None = None, reason: str = "manual
 
 def current_champion(settings: Settings) -> str | None:
     """The version behind `champion`, or None before the first promotion."""
-    settings.configure_mlflow()
+    configure_mlflow(settings)
     return _alias_version(MlflowClient(), settings.registered_model, CHAMPION)
 
 
 def alias_history(settings: Settings) -> list[dict]:
     """Every audited alias move of the registered model, oldest first."""
-    settings.configure_mlflow()
+    configure_mlflow(settings)
     tags = _registered_model(MlflowClient(), settings.registered_model).get("tags", {})
     return [json.loads(tags[key]) for key in sorted(tags) if key.startswith("alias_history.")]
 

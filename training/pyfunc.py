@@ -2,9 +2,11 @@
 
 A logged ranker holds two artifacts, the `state_dict` (read back with
 `weights_only=True`) and `ranker.json` (model name, model config, `FeatureSpec`),
-a copy of the `training` and `msmt` packages (`code_paths`), so it loads outside
-this repo, and is logged as code (`training/ranker_model.py`, MLflow's "models
-from code"): loading a ranker never unpickles anything.
+a copy of the code that scores (`MODEL_CODE`: the models, their layers, the data
+encoding, scoring and this module, on msmt's floor — not the trainer, the registry
+operations or the CLI), so it loads outside this repo, and is logged as code
+(`training/ranker_model.py`, MLflow's "models from code"): loading a ranker never
+unpickles anything. pyproject's import contracts keep `MODEL_CODE` self-contained.
 It is the only module of `training/` that imports MLflow at module level;
 models and the trainer stay MLflow-free for the GPU machine.
 
@@ -18,6 +20,7 @@ never computed for a new user, must not be refused by schema enforcement.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import warnings
 from importlib.metadata import version
@@ -33,9 +36,19 @@ from torch import nn
 
 from training.data import FeatureSpec, encode
 from training.models import build_model
-from training.trainer import predict
+from training.scoring import predict
 
-_PACKAGES = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "msmt")]
+_ROOT = Path(__file__).resolve().parents[1]
+# What a logged ranker's `code/` holds, relative to the repository root.
+MODEL_CODE = (
+    "training/__init__.py",
+    "training/models",
+    "training/layers.py",
+    "training/data.py",
+    "training/scoring.py",
+    "training/pyfunc.py",
+    "msmt",
+)
 _REQUIREMENTS = ("torch", "numpy", "pandas", "pyarrow")
 _MODEL_CODE = Path(__file__).resolve().with_name("ranker_model.py")  # defines the pyfunc: models from code
 
@@ -101,6 +114,7 @@ def log_ranker(
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         signature = infer_signature(example, score_frame(model, spec, example))
     with tempfile.TemporaryDirectory() as tmp:
+        code_paths = _copy_model_code(Path(tmp, "code"))
         state_path, meta_path = Path(tmp, "state_dict.pt"), Path(tmp, "ranker.json")
         torch.save(model.state_dict(), state_path)
         meta_path.write_text(json.dumps({"model_name": model_name, "config": config, "spec": spec.to_dict()}))
@@ -108,11 +122,23 @@ def log_ranker(
             name="model",
             python_model=str(_MODEL_CODE),
             artifacts={"state_dict": str(state_path), "ranker": str(meta_path)},
-            code_paths=_PACKAGES,
+            code_paths=code_paths,
             signature=signature,
             input_example=example,
             pip_requirements=_pinned_requirements(),
         )
+
+
+def _copy_model_code(into: Path) -> list[str]:
+    """`MODEL_CODE` as importable packages under `into`; the package directories to log as `code_paths`."""
+    for entry in MODEL_CODE:
+        source, target = _ROOT / entry, into / entry
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return sorted(str(package) for package in into.iterdir())
 
 
 def load_ranker(model_uri: str) -> tuple[nn.Module, FeatureSpec]:

@@ -49,9 +49,11 @@ from mlflow.models import infer_signature
 from msmt.settings import Settings
 from training import hparams
 from training.data import default_spec, encode, read_held_out, rows_per_day
+from training.evaluate import score_cells
 from training.models import build_model
 from training.pyfunc import log_ranker
-from training.trainer import TrainConfig, score_cells
+from training.tracking import configure_mlflow
+from training.trainer import TrainConfig
 from training.worker import launch, read_metrics, read_state_dict, split_overrides
 
 CELL_METRICS = ("auc", "logloss")
@@ -81,11 +83,11 @@ def train_model(
     model_name = model_name or settings.model_name
     hparams_version, overrides = hparams.resolve(model_name, overrides)
     train_cfg, model_overrides = split_overrides(settings, overrides)
-    days = rows_per_day(training_set_uri)  # the parent reads the held-out day only: the worker trains
+    days = rows_per_day(settings, training_set_uri)  # the parent reads the held-out day only: the worker trains
     train_days = sorted(day for day in days if day < eval_ds)
     if not train_days:
         raise ValueError(f"no training rows before {eval_ds} in {training_set_uri}")
-    eval_table = read_held_out(training_set_uri, eval_ds)
+    eval_table = read_held_out(settings, training_set_uri, eval_ds)
     spec = default_spec(len(settings.scenarios), settings.tasks)
     eval_data = encode(eval_table, spec)  # the worker encodes the training days itself
     torch.manual_seed(train_cfg.seed)
@@ -94,7 +96,7 @@ def train_model(
     digest = partition_digest(training_set_uri)
     ckpt = train_cfg.checkpoint_dir or checkpoint_dir(settings, eval_ds, model_name, train_cfg, model_config, digest)
 
-    settings.configure_mlflow()
+    configure_mlflow(settings)
     fail_dead_runs(settings, eval_ds)
     with mlflow.start_run(run_name=run_name or f"{model_name}-{eval_ds}") as run:
         process = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}  # see fail_dead_runs
@@ -122,8 +124,8 @@ def train_model(
                 launch(settings, training_set_uri, eval_ds, model_name, out, overrides, settings.train_workers, ckpt)
                 with contextlib.suppress(OSError):  # the day's directory, once its last checkpoint is spent
                     (settings.home / "checkpoints" / eval_ds).rmdir()
-            fitted = read_metrics(out)
-            model.load_state_dict(read_state_dict(out))
+            fitted = read_metrics(settings, out)
+            model.load_state_dict(read_state_dict(settings, out))
         for step, epoch_metrics in enumerate(fitted["history"]):
             mlflow.log_metrics(epoch_metrics, step=step)
         mlflow.set_tags({"msmt.device": fitted["device"], "msmt.train_workers": fitted["world_size"]})

@@ -15,11 +15,12 @@ batch is skipped that epoch), and epoch metrics are averaged over ranks.
 Batching follows the model: `batching = "request"` on the model class keeps
 every request's rows in one batch (listwise losses); anything else is row batching.
 
-Checkpoints (`checkpoint_dir`): every `checkpoint_every` steps and at each epoch
-end, rank 0 writes the model, optimizer, LR schedule, every rank's RNG states,
-the position (epoch, step, the epoch's visiting order) and the metrics so far;
-`resume` continues from the last one, mid-epoch included, and ends where an
-uninterrupted run would (bit-for-bit on the CPU).
+Checkpoints (`checkpoint_dir`: a local directory or `s3://…`, through msmt.storage):
+every `checkpoint_every` steps and at each epoch end, rank 0 writes the model,
+optimizer, LR schedule, every rank's RNG states, the position (epoch, step, the
+epoch's visiting order) and the metrics so far; `resume` continues from the last
+one, mid-epoch included, and ends where an uninterrupted run would (bit-for-bit
+on the CPU).
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msmt.settings import Settings
 from training import checkpoint, distributed
-from training.data import TensorData
+from training.data import EpochPlan, TensorData
+from training.scoring import by_request
 
 SCHEDULES = ("constant", "cosine")
 
@@ -99,11 +102,6 @@ def _progress(total: int, desc: str):
     except ImportError:
         return None
     return tqdm(total=total, desc=desc)
-
-
-def _by_request(model: nn.Module) -> bool:
-    """Set-wise models (`batching = "request"`) see whole requests in every batch."""
-    return getattr(model, "batching", "row") == "request"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -181,7 +179,7 @@ def _valid_loss(model: nn.Module, data: TensorData, batch_size: int, bf16: bool 
     device = next(model.parameters()).device
     sums = torch.zeros(data.labels.shape[1], device=device)
     counts = torch.zeros_like(sums)
-    for batch in data.batches(batch_size, shuffle=False, by_request=_by_request(model)):
+    for batch in data.batches(batch_size, shuffle=False, by_request=by_request(model)):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(batch).float()
@@ -193,27 +191,119 @@ def _valid_loss(model: nn.Module, data: TensorData, batch_size: int, bf16: bool 
     return sums / counts.clamp(min=1)
 
 
-def fit(
-    model: nn.Module,
-    train: TensorData,
-    valid: TensorData | None,
-    cfg: TrainConfig,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-) -> FitResult:
-    """Train `model` in place (it stays on the chosen device) and report per-epoch losses.
+@dataclass
+class EarlyStopping:
+    """Patience on the validation loss; with `restore_best`, a CPU copy of the best epoch's weights."""
 
-    Loss = masked per-task BCE total + every `model.extra_losses(batch, logits)` value.
-    `on_epoch(epoch, metrics)` gets `train_loss`, `train_loss_<task>` / `<extra>`, `lr`,
-    `valid_loss` and `valid_loss_<task>` (when `valid`), `seconds` and `samples_per_s`.
-    Under torchrun, `train` / `valid` are this rank's shards and metrics cover all ranks.
-    """
-    if len(train) == 0:
-        raise ValueError("empty training set")
+    patience: int  # 0 = never stop early
+    restore_best: bool
+    best: float = math.inf
+    bad_epochs: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def update(self, valid_loss: float, model: nn.Module) -> bool:
+        """Record an epoch's validation loss; whether to stop training now."""
+        if not self.patience:
+            return False
+        if valid_loss < self.best:
+            self.best, self.bad_epochs = valid_loss, 0
+            if self.restore_best:
+                self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    def restore(self, model: nn.Module, history: list[dict[str, float]]) -> int | None:
+        """Put the best epoch's weights back into `model`; that epoch (None when none were kept)."""
+        if not (self.patience and self.best_state is not None):
+            return None
+        model.load_state_dict(copy.deepcopy(self.best_state))
+        return min(range(len(history)), key=lambda e: history[e]["valid_loss"])
+
+
+@dataclass
+class Training:
+    """What one `fit` trains with, fixed for the whole run."""
+
+    model: nn.Module
+    net: nn.Module  # what steps: the model, wrapped in DDP and / or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    cfg: TrainConfig
+    settings: Settings  # checkpoint I/O
+    ctx: distributed.DistContext
+    device: torch.device
+    bf16: bool
+    tasks: list[str]
+    local_batch: int  # this rank's rows per step
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: with the model, optimizer and schedule, all that resuming it needs."""
+
+    early: EarlyStopping
+    epoch: int = 0  # the epoch in progress (the next one when `step` is 0)
+    step: int = 0  # its steps done
+    rows: int = 0  # this rank's rows in those steps
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # this rank's loss terms summed over those steps
+    order: torch.Tensor | None = None  # the epoch's visiting order, None between epochs (rank 0's is checked on resume)
+    history: list[dict[str, float]] = field(default_factory=list)  # one dict per finished epoch
+    stopped: bool = False  # early stopping ended the run
+
+    def save(self, run: Training) -> None:
+        """Checkpoint with every rank's RNG states (all ranks must call it); rank 0 writes."""
+        if not run.cfg.checkpoint_dir:
+            return
+        rngs = distributed.gather_objects(checkpoint.rng_state())
+        if not run.ctx.is_main:
+            return
+        state = {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "rng": rngs,
+            "order": self.order,
+            "history": self.history,
+            "stopped": self.stopped,
+            "config": asdict(run.cfg),
+            "world_size": run.ctx.world_size,
+            "epoch": self.epoch,
+            "step": self.step,
+            "rows": self.rows,
+            "best": self.early.best,
+            "bad_epochs": self.early.bad_epochs,
+            "best_state": self.early.best_state,
+            "sums": {k: v.detach().cpu() for k, v in self.sums.items()},
+        }
+        checkpoint.save(run.settings, checkpoint.path_in(run.cfg.checkpoint_dir), state)
+
+    @classmethod
+    def restore(cls, ckpt: dict, run: Training) -> TrainState:
+        """Load a checkpoint into the model, optimizer and schedule (and this rank's RNGs, when the
+        world size is the same); the position it holds."""
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        if len(ckpt["rng"]) == run.ctx.world_size:
+            checkpoint.set_rng_state(ckpt["rng"][run.ctx.rank])
+        return cls(
+            EarlyStopping(run.cfg.patience, run.cfg.restore_best, ckpt["best"], ckpt["bad_epochs"], ckpt["best_state"]),
+            epoch=ckpt["epoch"],
+            step=ckpt["step"],
+            rows=ckpt["rows"],
+            sums={k: v.to(run.device) for k, v in ckpt["sums"].items()},
+            order=ckpt["order"],
+            history=list(ckpt["history"]),
+            stopped=bool(ckpt["stopped"]),
+        )
+
+
+def _prepare(model: nn.Module, train: TensorData, cfg: TrainConfig, settings: Settings) -> tuple[Training, TensorData]:
+    """Model and split on the device, DDP / compile wrappers, optimizer and LR schedule."""
     ctx = distributed.current()
-    _seed_everything(cfg.seed + ctx.rank)
     device = ctx.device(cfg.device) if ctx.active else resolve_device(cfg.device)
     tasks = list(getattr(getattr(model, "spec", None), "tasks", [f"task{t}" for t in range(train.labels.shape[1])]))
-    by_request = _by_request(model)
     local_batch = max(1, cfg.batch_size // ctx.world_size)
     bf16 = use_bf16(cfg, device)
     model.to(device)
@@ -237,154 +327,130 @@ def fit(
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg))
-    result = FitResult(device=str(device), world_size=ctx.world_size)
-    state = {"epoch": 0, "step": 0, "sums": {}, "rows": 0, "best": math.inf, "bad_epochs": 0, "best_state": None}
+    run = Training(model, net, optimizer, scheduler, cfg, settings, ctx, device, bf16, tasks, local_batch)
+    return run, train
 
-    saved = checkpoint.latest(cfg.checkpoint_dir) if cfg.resume else None
+
+def _step(run: Training, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One optimizer step on `batch`; its loss terms (total, per task, the model's extra losses)."""
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.bf16):
+        logits = run.net(batch)
+    logits = logits.float()
+    total, per_task = masked_bce(logits, batch["labels"], batch["label_mask"])
+    extra = run.model.extra_losses(batch, logits)
+    loss = total + sum(extra.values()) if extra else total
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    return {"train_loss": loss, **{f"train_loss_{t}": per_task[i] for i, t in enumerate(run.tasks)}, **extra}
+
+
+def _train_epoch(
+    run: Training, state: TrainState, train: TensorData, plan: EpochPlan, n_steps: int
+) -> dict[str, float]:
+    """Steps `state.step + 1 … n_steps` of epoch `state.epoch`, checkpointing every `checkpoint_every`;
+    the epoch's training metrics over all ranks (one device sync and one collective: the losses
+    are summed on the device)."""
+    cfg, first = run.cfg, state.step
+    run.model.train()
+    state.order = plan.order
+    if first == 0:
+        state.sums, state.rows = {}, 0
+    started = time.perf_counter()
+    bar = _progress(n_steps, f"epoch {state.epoch + 1}/{cfg.epochs}")
+    if bar is not None:
+        bar.update(first)
+    batches = train.iter_plan(plan, first, n_steps, device=run.device, pin_memory=cfg.pin_memory)
+    for step, batch in enumerate(batches, first + 1):
+        for name, value in _step(run, batch).items():
+            state.sums[name] = state.sums.get(name, 0.0) + value.detach().float()
+        state.step, state.rows = step, state.rows + len(batch["labels"])
+        if bar is not None:
+            if cfg.log_every > 0 and step % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{state.sums['train_loss'].item() / step:.4f}")
+            bar.update()
+        if cfg.checkpoint_every and run.scheduler.last_epoch % cfg.checkpoint_every == 0 and step < n_steps:
+            state.save(run)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - started
+    names = sorted(state.sums)
+    packed = torch.stack([state.sums[k] for k in names] + [torch.tensor(float(state.rows), device=run.device)])
+    packed = distributed.all_reduce_(packed).cpu()
+    metrics = {name: float(packed[i]) / (n_steps * run.ctx.world_size) for i, name in enumerate(names)}
+    metrics.update(lr=run.scheduler.get_last_lr()[0], seconds=seconds, samples_per_s=float(packed[-1]) / seconds)
+    return metrics
+
+
+def _validate(run: Training, valid: TensorData) -> dict[str, float]:
+    """`valid_loss` (summed over tasks) and `valid_loss_<task>` on the whole held-out split (all ranks)."""
+    run.model.eval()
+    valid_loss = _valid_loss(run.model, valid, run.local_batch * 4, run.bf16)
+    return {
+        "valid_loss": float(valid_loss.sum()),
+        **{f"valid_loss_{t}": float(valid_loss[i]) for i, t in enumerate(run.tasks)},
+    }
+
+
+def fit(
+    model: nn.Module,
+    train: TensorData,
+    valid: TensorData | None,
+    cfg: TrainConfig,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    *,
+    settings: Settings | None = None,
+) -> FitResult:
+    """Train `model` in place (it stays on the chosen device) and report per-epoch losses.
+
+    Loss = masked per-task BCE total + every `model.extra_losses(batch, logits)` value.
+    `on_epoch(epoch, metrics)` gets `train_loss`, `train_loss_<task>` / `<extra>`, `lr`,
+    `valid_loss` and `valid_loss_<task>` (when `valid`), `seconds` and `samples_per_s`.
+    Under torchrun, `train` / `valid` are this rank's shards and metrics cover all ranks.
+    `settings` says where checkpoints are read and written (default: the local profile).
+    """
+    if len(train) == 0:
+        raise ValueError("empty training set")
+    ctx = distributed.current()
+    _seed_everything(cfg.seed + ctx.rank)
+    run, train = _prepare(model, train, cfg, settings or Settings())
+    saved = checkpoint.latest(run.settings, cfg.checkpoint_dir) if cfg.resume else None
+    if saved is None:
+        state = TrainState(EarlyStopping(cfg.patience, cfg.restore_best))
+    else:
+        state = TrainState.restore(checkpoint.load(run.settings, saved), run)
+    result = FitResult(device=str(run.device), world_size=ctx.world_size)
     if saved is not None:
-        ckpt = checkpoint.load(saved)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        rngs = ckpt["rng"]
-        if len(rngs) == ctx.world_size:
-            checkpoint.set_rng_state(rngs[ctx.rank])
-        result.history = list(ckpt["history"])
-        state.update({k: ckpt[k] for k in ("epoch", "step", "rows", "best", "bad_epochs", "best_state")})
-        state["sums"] = {k: v.to(device) for k, v in ckpt["sums"].items()}
-        result.resumed_from = {"epoch": ckpt["epoch"], "step": ckpt["step"]}
-        if ckpt["stopped"]:
-            state["epoch"] = cfg.epochs
+        result.resumed_from = {"epoch": state.epoch, "step": state.step}
 
-    def save(order: torch.Tensor | None, stopped: bool = False) -> None:
-        rngs = distributed.gather_objects(checkpoint.rng_state())  # every rank takes part
-        if not (cfg.checkpoint_dir and ctx.is_main):
-            return
-        checkpoint.save(
-            checkpoint.path_in(cfg.checkpoint_dir),
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rngs,
-                "order": order,  # rank 0's visiting order of the epoch in progress (checked on resume)
-                "history": result.history,
-                "stopped": stopped,
-                "config": asdict(cfg),
-                "world_size": ctx.world_size,
-                **{k: v for k, v in state.items() if k != "sums"},
-                "sums": {k: v.detach().cpu() for k, v in state["sums"].items()},
-            },
-        )
-
-    stopped = False
-    for epoch in range(state["epoch"], cfg.epochs):
-        model.train()
-        plan = train.plan(local_batch, shuffle=True, generator=epoch_generator(cfg.seed, ctx.rank, epoch),
-                          by_request=by_request)  # fmt: skip
-        n_steps = distributed.min_int(len(plan), device)
-        first = state["step"] if epoch == state["epoch"] else 0
+    while state.epoch < cfg.epochs and not state.stopped:
+        plan = train.plan(run.local_batch, shuffle=True, generator=epoch_generator(cfg.seed, ctx.rank, state.epoch),
+                          by_request=by_request(model))  # fmt: skip
+        n_steps = distributed.min_int(len(plan), run.device)
         if cfg.max_steps:  # steps left = the limit minus the steps taken before this epoch
-            n_steps = min(n_steps, cfg.max_steps - (scheduler.last_epoch - first))
+            n_steps = min(n_steps, cfg.max_steps - (run.scheduler.last_epoch - state.step))
             if n_steps <= 0:
                 break
-        same_order = not first or saved is None or not ctx.is_main or ckpt["order"] is None
-        if not (same_order or torch.equal(ckpt["order"], plan.order)):
+        resumed_order = state.order if state.step and ctx.is_main else None  # mid-epoch: same data, same order
+        if resumed_order is not None and not torch.equal(resumed_order, plan.order):
             raise ValueError(f"{saved} was written for other training data (the epoch's order differs)")
-        if first == 0:
-            state["sums"], state["rows"] = {}, 0
-        started = time.perf_counter()
-        bar = _progress(n_steps, f"epoch {epoch + 1}/{cfg.epochs}")
-        if bar is not None:
-            bar.update(first)
-        batches = train.iter_plan(plan, first, n_steps, device=device, pin_memory=cfg.pin_memory)
-        for step, batch in enumerate(batches, first + 1):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = net(batch)
-            logits = logits.float()
-            total, per_task = masked_bce(logits, batch["labels"], batch["label_mask"])
-            extra = model.extra_losses(batch, logits)
-            loss = total + sum(extra.values()) if extra else total
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            terms = {"train_loss": loss, **{f"train_loss_{t}": per_task[i] for i, t in enumerate(tasks)}, **extra}
-            sums = state["sums"]
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value.detach().float()
-            state["step"], state["rows"] = step, state["rows"] + len(batch["labels"])
-            if bar is not None:
-                if cfg.log_every > 0 and step % cfg.log_every == 0:
-                    bar.set_postfix(loss=f"{sums['train_loss'].item() / step:.4f}")
-                bar.update()
-            if cfg.checkpoint_every and scheduler.last_epoch % cfg.checkpoint_every == 0 and step < n_steps:
-                save(plan.order)
-        if bar is not None:
-            bar.close()
-        seconds = time.perf_counter() - started
-        result.seconds += seconds
-        names = sorted(state["sums"])
-        packed = torch.stack([state["sums"][k] for k in names] + [torch.tensor(float(state["rows"]), device=device)])
-        packed = distributed.all_reduce_(packed).cpu()  # one sync (and one collective) per epoch
-        metrics = {name: float(packed[i]) / (n_steps * ctx.world_size) for i, name in enumerate(names)}
-        metrics.update(lr=scheduler.get_last_lr()[0], seconds=seconds, samples_per_s=float(packed[-1]) / seconds)
+        metrics = _train_epoch(run, state, train, plan, n_steps)
+        result.seconds += metrics["seconds"]
         if valid is not None and len(valid):
-            model.eval()
-            valid_loss = _valid_loss(model, valid, local_batch * 4, bf16)
-            metrics["valid_loss"] = float(valid_loss.sum())
-            metrics.update({f"valid_loss_{t}": float(valid_loss[i]) for i, t in enumerate(tasks)})
-            if cfg.patience:
-                if metrics["valid_loss"] < state["best"]:
-                    state["best"], state["bad_epochs"] = metrics["valid_loss"], 0
-                    if cfg.restore_best:
-                        state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                else:
-                    state["bad_epochs"] += 1
-                stopped = state["bad_epochs"] >= cfg.patience
-        result.history.append(metrics)
-        state["epoch"], state["step"] = epoch + 1, 0
-        save(None, stopped)
+            metrics.update(_validate(run, valid))
+            state.stopped = state.early.update(metrics["valid_loss"], model)
+        state.history.append(metrics)
+        state.epoch, state.step, state.order = state.epoch + 1, 0, None
+        state.save(run)
         if on_epoch is not None:
-            on_epoch(epoch, metrics)
-        if stopped:
-            break
-    result.stopped_early = stopped or (saved is not None and bool(ckpt["stopped"]))
-    if cfg.patience and state["best_state"] is not None:
-        result.best_epoch = min(range(len(result.history)), key=lambda e: result.history[e]["valid_loss"])
-        model.load_state_dict(copy.deepcopy(state["best_state"]))
+            on_epoch(state.epoch - 1, metrics)
+
+    result.history, result.stopped_early = state.history, state.stopped
+    result.best_epoch = state.early.restore(model, state.history)
     if result.history:
         result.samples_per_s = sum(h["samples_per_s"] * h["seconds"] for h in result.history) / max(
             sum(h["seconds"] for h in result.history), 1e-9
         )
     model.eval()
     return result
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, data: TensorData, batch_size: int = 8192) -> np.ndarray:
-    """Probabilities `(N, T)` (float64) in the rows' own order, batch by batch on the model's device.
-
-    Set-wise models are scored request by request (`batching = "request"`), which
-    reorders rows; the result is put back in the data's order.
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    plan = data.plan(batch_size, shuffle=False, by_request=_by_request(model))
-    out = [torch.sigmoid(model(batch)).double().cpu() for batch in data.iter_plan(plan, device=device)]
-    if not out:
-        return np.zeros((0, data.labels.shape[1]))
-    probs = torch.cat(out)  # (N, T) in plan order
-    if plan.order is not None:
-        probs = torch.empty_like(probs).index_copy_(0, plan.order, probs)
-    return probs.numpy()
-
-
-def score_cells(model: nn.Module, data: TensorData, scenario_names, tasks) -> list[dict]:
-    """Per scenario × task rows, positives, AUC and logloss of `model` on `data` (see evaluate.cell_metrics)."""
-    from training.evaluate import cell_metrics
-
-    probs = predict(model, data)
-    return cell_metrics(
-        probs, data.labels.numpy(), data.label_mask.numpy(), data.scenario.numpy(), scenario_names, tasks
-    )

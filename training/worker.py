@@ -13,13 +13,13 @@ the training days and of the held-out day (the validation loss), and trains;
 rank 0 writes `<out>/model.pt` (the state dict, read back with
 `weights_only=True`) and `<out>/metrics.json` (per-epoch history, device,
 world size, throughput, configs). Checkpoints go to `--checkpoint-dir`
-(default `<out>/checkpoints` for a local `--out`; training.train passes one that
-outlives its scratch `--out`), a restarted worker resumes from the last one
-(and says so in a progress line), and a finished run removes it. MLflow is
-not used here: the parent logs.
+(default `<out>/checkpoints`; training.train passes one that outlives its
+scratch `--out`), a restarted worker resumes from the last one (and says so in
+a progress line), and a finished run removes it. Every read and write, local or
+`s3://`, goes through msmt.storage. MLflow is not used here: the parent logs.
 
 Module level imports the standard library only, so the DAG can build the
-command (`worker_command`) without importing torch.
+command (`worker_command`) without importing torch or pyarrow.
 """
 
 from __future__ import annotations
@@ -31,11 +31,14 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from training import hparams
+
+if TYPE_CHECKING:
+    from msmt.settings import Settings
 
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
@@ -79,7 +82,7 @@ def split_overrides(settings, overrides: dict):
 
 
 def launch(
-    settings,
+    settings: Settings,
     training_set: str,
     eval_ds: str,
     model: str,
@@ -114,7 +117,7 @@ def launch(
     if returncode != 0:
         tail = log_path.read_text(errors="replace")[-4000:]
         raise RuntimeError(f"training worker failed (exit {returncode}); {log_path} ends with:\n{tail}")
-    return read_metrics(str(out))
+    return read_metrics(settings, str(out))
 
 
 def _die_with_parent() -> None:
@@ -131,48 +134,31 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-def _filesystem(uri: str):
-    import pyarrow.fs as pafs
-
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), str(Path(uri).resolve())
-    return pafs.FileSystem.from_uri(uri)
+def _in(out: str, name: str) -> str:
+    """The URI of `name` under the output directory or prefix `out`."""
+    return f"{out.rstrip('/')}/{name}"
 
 
-def _write(uri: str, name: str, payload: bytes) -> None:
-    """Local: atomic (tmp + rename); object stores: one put (atomic there already)."""
-    if "://" not in uri:
-        Path(uri).mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=uri)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, Path(uri) / name)
-        return
-    fs, root = _filesystem(uri)
-    with fs.open_output_stream(f"{root.rstrip('/')}/{name}") as stream:
-        stream.write(payload)
+def read_metrics(settings: Settings, out: str) -> dict:
+    from msmt import storage
+
+    return storage.read_json(settings, _in(out, METRICS_FILE))
 
 
-def _read(uri: str, name: str) -> bytes:
-    fs, root = _filesystem(uri)
-    with fs.open_input_stream(f"{root.rstrip('/')}/{name}") as stream:
-        return stream.read()
-
-
-def read_metrics(out: str) -> dict:
-    return json.loads(_read(out, METRICS_FILE))
-
-
-def read_state_dict(out: str) -> dict:
+def read_state_dict(settings: Settings, out: str) -> dict:
     """The trained weights (tensors only: `weights_only=True`)."""
     import torch
 
-    return torch.load(io.BytesIO(_read(out, MODEL_FILE)), map_location="cpu", weights_only=True)
+    from msmt import storage
+
+    payload = storage.read_bytes(settings, _in(out, MODEL_FILE))
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
 def run(args: argparse.Namespace) -> dict | None:
     import torch
 
+    from msmt import storage
     from msmt.settings import Settings
     from training import checkpoint, distributed
     from training.data import default_spec, load_split
@@ -184,14 +170,10 @@ def run(args: argparse.Namespace) -> dict | None:
     try:
         _, overrides = hparams.resolve(args.model, json.loads(args.overrides))  # the model's file, then these
         train_cfg, model_overrides = split_overrides(settings, overrides)
-        checkpoint_dir = (
-            args.checkpoint_dir
-            or train_cfg.checkpoint_dir
-            or ("" if "://" in args.out else str(Path(args.out) / "checkpoints"))
-        )
+        checkpoint_dir = args.checkpoint_dir or train_cfg.checkpoint_dir or _in(args.out, "checkpoints")
         train_cfg = replace(train_cfg, checkpoint_dir=checkpoint_dir)
         spec = default_spec(len(settings.scenarios), settings.tasks)
-        train, valid = load_split(args.training_set, spec, args.eval_ds)
+        train, valid = load_split(settings, args.training_set, spec, args.eval_ds)
         if len(train) == 0:
             raise ValueError(f"no training rows before {args.eval_ds} in {args.training_set}")
         rows = {"train_rows": len(train), "eval_rows": len(valid)}
@@ -201,15 +183,16 @@ def run(args: argparse.Namespace) -> dict | None:
         if ctx.is_main:
             _progress(f"{args.model}: {rows['train_rows']:,} training rows, {rows['eval_rows']:,} held out, "
                       f"{train_cfg.epochs} epochs, {ctx.world_size} rank(s)")  # fmt: skip
-            saved = checkpoint.latest(checkpoint_dir) if train_cfg.resume else None
+            saved = checkpoint.latest(settings, checkpoint_dir) if train_cfg.resume else None
             if saved is not None:
                 _progress(f"resuming from {saved}")
-        result = fit(model, train, valid, train_cfg, on_epoch=_report_epoch(train_cfg) if ctx.is_main else None)
+        on_epoch = _report_epoch(train_cfg) if ctx.is_main else None
+        result = fit(model, train, valid, train_cfg, on_epoch, settings=settings)
         if not ctx.is_main:
             return None
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
-        _write(args.out, MODEL_FILE, buffer.getvalue())
+        storage.write_bytes(settings, _in(args.out, MODEL_FILE), buffer.getvalue())
         metrics = {
             "model": args.model,
             "model_config": asdict(model.config),
@@ -218,8 +201,8 @@ def run(args: argparse.Namespace) -> dict | None:
             **rows,
             **asdict(result),
         }
-        _write(args.out, METRICS_FILE, json.dumps(metrics, indent=1, default=str).encode())
-        checkpoint.discard(checkpoint_dir)
+        storage.write_json(settings, _in(args.out, METRICS_FILE), metrics)
+        checkpoint.discard(settings, checkpoint_dir)
         return metrics
     finally:
         distributed.barrier()
@@ -248,7 +231,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="zoo model name")
     parser.add_argument("--out", required=True, help="output directory or URI (rank 0 writes)")
     parser.add_argument("--overrides", default="{}", help="JSON: TrainConfig and model-config fields")
-    parser.add_argument("--checkpoint-dir", default=None, help="local directory; default <out>/checkpoints")
+    parser.add_argument("--checkpoint-dir", default=None, help="directory or URI; default <out>/checkpoints")
     return parser.parse_args(argv)
 
 

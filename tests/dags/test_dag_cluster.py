@@ -21,11 +21,12 @@ def cluster_dag():
     return bag.dags["msmt_daily"]
 
 
+PLAN = {"ds": "2026-01-10", "sample_ds": "2026-01-08", "model": "mmoe", "overrides": {"epochs": 3, "n_experts": 8}}
+
+
 class _TI:
     def xcom_pull(self, task_ids: str):
-        return {"plan_day": {"ds": "2026-01-10", "sample_ds": "2026-01-08"}, "build_training_set": "s3://lake/ts"}[
-            task_ids
-        ]
+        return {"plan_day": PLAN, "build_training_set": "s3://lake/ts"}[task_ids]
 
 
 def test_training_pod_requests_gpus_and_runs_the_worker(cluster_dag):
@@ -34,7 +35,7 @@ def test_training_pod_requests_gpus_and_runs_the_worker(cluster_dag):
     assert pod.image == "msmt-train:latest" and pod.retries >= 2 and pod.owner == "msmt"
     assert pod.env_vars["MSMT_PROFILE"] == "cluster" and "MSMT_HOME" not in pod.env_vars
 
-    params = {"gpus": 4, "model": "mmoe", "epochs": 3, "promote": True, "overrides": {"n_experts": 8}}
+    params = {"gpus": 4, "model": "ple", "epochs": 9, "promote": True, "overrides": {}}  # the plan wins: merged once
     run_id = "scheduled__2026-01-10T00:00:00+00:00"
     pod.render_template_fields({"params": params, "ti": _TI(), "run_id": run_id})
     assert pod.container_resources.limits == {"nvidia.com/gpu": "4"}
@@ -71,3 +72,15 @@ def test_the_claim_the_pod_mounts_is_the_one_infra_creates(cluster_dag):
     assert manifest["kind"] == "PersistentVolumeClaim"
     assert manifest["metadata"]["name"] == pod.volumes[0].persistent_volume_claim.claim_name
     assert manifest["metadata"]["namespace"] == pod.namespace
+
+
+def test_the_pod_is_built_by_an_importable_function_outside_any_dag():
+    from msmt.settings import Settings
+    from pipeline.pods import training_pod
+
+    pod = training_pod(Settings(profile="cluster", lake_uri="s3://other/lake", train_checkpoint_claim=""))
+    pod.render_template_fields({"params": {"gpus": 2}, "ti": _TI(), "run_id": "manual__1"})
+    command = [*pod.cmds, *pod.arguments]
+    assert not pod.volumes and command[command.index("--checkpoint-dir") + 1].startswith("/tmp/msmt-checkpoints/")
+    assert command[command.index("--out") + 1] == "s3://other/lake/training_runs/ds=2026-01-10/mmoe"
+    assert json.loads(command[command.index("--overrides") + 1]) == PLAN["overrides"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from msmt.catalog import model_names
 from msmt.settings import PROJECT_ROOT
+from training.catalog import model_names
 
 DAG_FILES = sorted((PROJECT_ROOT / "dags").glob("*.py"))
 
@@ -47,6 +47,7 @@ def test_msmt_daily_follows_the_data_flow(dagbag):
                 "build_training_set",
                 "train_model",
                 "evaluate_model",
+                "promote_model",
             ]
         ),
         "check_raw_logs": ["build_features", "build_samples"],

@@ -9,9 +9,11 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 
-from msmt import lake, orchestration
-from msmt.pipeline import plan_day
-from msmt.simulate import SimConfig, simulate
+from msmt import lake
+from pipeline import orchestration
+from pipeline.simulate import SimConfig, simulate
+from pipeline.steps import plan_day
+from training.tracking import configure_mlflow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -33,7 +35,7 @@ def world(session_settings):
 def _client(settings):
     import mlflow
 
-    settings.configure_mlflow()
+    configure_mlflow(settings)
     return mlflow.MlflowClient()
 
 

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
+from data_checks.suites import DataCheckError, check_samples
 from msmt import lake, schemas
-from msmt.simulate import SimConfig, simulate
+from pipeline.simulate import SimConfig, simulate
 from spark_jobs import build_samples
-from spark_jobs.checks import DataCheckError, check_samples
 from spark_jobs.common import MissingPartitionError
 
 pytestmark = pytest.mark.integration

@@ -34,11 +34,11 @@ def job(settings):
     settings = settings.with_(scenarios=SCENARIOS)
     uri = write_training_set(settings, rows_per_day=1500)
     env = {**os.environ, **settings.to_env(), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
-    return uri, env
+    return settings, uri, env
 
 
 def test_killed_worker_resumes_from_its_last_checkpoint(job, tmp_path, monkeypatch):
-    uri, env = job
+    settings, uri, env = job
     reference = tmp_path / "reference"  # uninterrupted, in this process (one process start less)
     for key, value in env.items():
         if key.startswith("MSMT_"):
@@ -51,12 +51,12 @@ def test_killed_worker_resumes_from_its_last_checkpoint(job, tmp_path, monkeypat
         torch.set_num_threads(threads)
 
     out = tmp_path / "killed"
-    ckpt = checkpoint.path_in(out / "checkpoints")
+    ckpt = Path(checkpoint.path_in(out / "checkpoints"))
     proc = subprocess.Popen(_command(uri, out), env=env, cwd=PROJECT_ROOT, stderr=subprocess.PIPE)
     deadline, killed_at = time.monotonic() + 60, None
     while time.monotonic() < deadline and proc.poll() is None:
         if ckpt.exists():
-            state = checkpoint.load(ckpt)
+            state = checkpoint.load(settings, str(ckpt))
             if state["step"] >= 20:  # mid-epoch (141 steps / epoch), checkpoints already written
                 os.kill(proc.pid, signal.SIGKILL)
                 killed_at = (state["epoch"], state["step"])
@@ -68,14 +68,15 @@ def test_killed_worker_resumes_from_its_last_checkpoint(job, tmp_path, monkeypat
 
     subprocess.run(_command(uri, out), env=env, cwd=PROJECT_ROOT, check=True, capture_output=True)
     assert not ckpt.exists()  # spent: a re-run of the day on corrected data must train again
-    resumed, expected = read_metrics(str(out)), read_metrics(str(reference))
+    resumed, expected = read_metrics(settings, str(out)), read_metrics(settings, str(reference))
     assert resumed["resumed_from"]["epoch"] == killed_at[0] and resumed["resumed_from"]["step"] >= killed_at[1]
     assert len(resumed["history"]) == len(expected["history"]) == 2
     for got, want in zip(resumed["history"], expected["history"], strict=True):
         for key in ("train_loss", "valid_loss", "valid_loss_click", "valid_loss_conversion"):
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
-    for name, tensor in read_state_dict(str(reference)).items():
-        torch.testing.assert_close(read_state_dict(str(out))[name], tensor, rtol=1e-5, atol=1e-6)
+    weights = read_state_dict(settings, str(out))
+    for name, tensor in read_state_dict(settings, str(reference)).items():
+        torch.testing.assert_close(weights[name], tensor, rtol=1e-5, atol=1e-6)
 
 
 def test_worker_arguments_round_trip():
@@ -83,9 +84,9 @@ def test_worker_arguments_round_trip():
     assert json.loads(args.overrides) == {} and args.checkpoint_dir is None
 
 
-def test_discard_removes_a_save_interrupted_by_kill_9(tmp_path):
+def test_discard_removes_a_save_interrupted_by_kill_9(settings, tmp_path):
     directory = tmp_path / "checkpoints"
-    checkpoint.save(checkpoint.path_in(directory), {"step": torch.tensor(1)})
+    checkpoint.save(settings, checkpoint.path_in(directory), {"step": torch.tensor(1)})
     (directory / f".{checkpoint.FILE_NAME}.x1y2.tmp").write_bytes(b"half a checkpoint")  # what SIGKILL leaves
-    checkpoint.discard(directory)
+    checkpoint.discard(settings, directory)
     assert not directory.exists()

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data_checks.suites import DataCheckError, check_raw, check_samples
 from msmt import lake, schemas
 from msmt.errors import StopRun
-from spark_jobs.checks import DataCheckError, check_raw, check_samples
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,8 @@ from test_train_and_registry import EVAL_DS, SCENARIOS, write_training_set
 from training.data import default_spec, encode, read_training_set, split_by_day
 from training.evaluate import auc
 from training.models import build_model
-from training.trainer import _valid_loss, predict
+from training.scoring import predict
+from training.trainer import _valid_loss
 from training.worker import launch, read_state_dict
 
 pytestmark = pytest.mark.integration
@@ -19,12 +20,12 @@ OVERRIDES = {"epochs": 3, "batch_size": 256, "lr": 5e-3, "emb_dim": 8, "n_expert
 def _evaluate(settings, uri: str, out: str) -> tuple[list[float], float]:
     """Held-out AUC per task and the summed per-task BCE of the saved weights on the whole held-out day."""
     spec = default_spec(len(settings.scenarios), settings.tasks)
-    _, eval_table = split_by_day(read_training_set(uri), EVAL_DS)
+    _, eval_table = split_by_day(read_training_set(settings, uri), EVAL_DS)
     data = encode(eval_table, spec)
     model = build_model(
         "mmoe", spec, **{k: v for k, v in OVERRIDES.items() if k in ("emb_dim", "n_experts", "expert_dims")}
     )
-    model.load_state_dict(read_state_dict(out))
+    model.load_state_dict(read_state_dict(settings, out))
     probs = predict(model, data)
     aucs = [auc(data.labels[:, t].numpy(), probs[:, t]) for t in range(len(spec.tasks))]
     return aucs, float(_valid_loss(model, data, 1024).sum())

@@ -2,7 +2,7 @@
 and where, or quarantines with a reason and goes on; no row is lost either way.
 
 Each case copies a clean base lake (raw logs, the training day already built and checked), breaks the
-run's sample day, then runs the DAG's data steps in the DAG's order through the same `msmt.pipeline`
+run's sample day, then runs the DAG's data steps in the DAG's order through the same `pipeline.steps`
 functions its tasks call: check_raw_logs → build_samples → check_samples. The e2e tests show the DAG
 itself stopping on such a stop (failed task, no retry, champion untouched).
 """
@@ -22,9 +22,10 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 
-from msmt import lake, pipeline
+from msmt import lake
 from msmt.errors import StopRun
-from msmt.simulate import SimConfig, simulate
+from pipeline import steps
+from pipeline.simulate import SimConfig, simulate
 
 pytestmark = pytest.mark.integration
 
@@ -168,23 +169,23 @@ def base(tmp_path_factory, spark):
     settings = Settings(home=home, train_days=1, drift_min_rows=500, spark_driver_memory="2g")
     config = SimConfig(n_users=2_000, n_items=500, malformed_rate=0.0)
     simulate(settings, START, 7, 4_000, seed=5, config=config, progress=False)
-    train_day = pipeline.plan_day(settings, RUN_DAY).train_days[0]
-    plan = pipeline.DayPlan(ds=lake.shift(train_day, 2), sample_ds=train_day, train_days=())  # that day alone
-    pipeline.check_raw_logs(settings, plan)
-    pipeline.check_samples(settings, plan, pipeline.build_samples(settings, plan)["built"])
+    train_day = steps.plan_day(settings, RUN_DAY).train_days[0]
+    plan = steps.DayPlan(ds=lake.shift(train_day, 2), sample_ds=train_day, train_days=())  # that day alone
+    steps.check_raw_logs(settings, plan)
+    steps.check_samples(settings, plan, steps.build_samples(settings, plan)["built"])
     return settings
 
 
 def _run_data_steps(settings) -> tuple[str | None, str]:
     """The DAG's data steps in order; (the step that stopped, its message) or (None, "")."""
-    plan = pipeline.plan_day(settings, RUN_DAY)
+    plan = steps.plan_day(settings, RUN_DAY)
     step = "check_raw_logs"
     try:
-        pipeline.check_raw_logs(settings, plan)
+        steps.check_raw_logs(settings, plan)
         step = "build_samples"
-        built = pipeline.build_samples(settings, plan)["built"]
+        built = steps.build_samples(settings, plan)["built"]
         step = "check_samples"
-        pipeline.check_samples(settings, plan, built)
+        steps.check_samples(settings, plan, built)
     except StopRun as stopped:
         return step, str(stopped)
     return None, ""
@@ -198,7 +199,7 @@ def _rows(uri: str) -> pa.Table:
 def test_fault(fault: Fault, base, tmp_path):
     settings = base.with_(home=tmp_path / "msmt")
     shutil.copytree(base.home, settings.home)
-    sample_ds = pipeline.plan_day(settings, RUN_DAY).sample_ds
+    sample_ds = steps.plan_day(settings, RUN_DAY).sample_ds
     fault.inject(settings, sample_ds)
 
     stopped_at, message = _run_data_steps(settings)
@@ -209,9 +210,9 @@ def test_fault(fault: Fault, base, tmp_path):
         suite = "raw" if fault.stops_at == "check_raw_logs" else "samples"
         failed = lake.check_result(settings, suite, sample_ds)
         assert Path(failed).exists()  # the check's result is stored, failures and all
-        assert not pipeline.samples_checked(settings, sample_ds)  # nothing downstream may take the day as built
+        assert not steps.samples_checked(settings, sample_ds)  # nothing downstream may take the day as built
         return
-    assert pipeline.samples_checked(settings, sample_ds)
+    assert steps.samples_checked(settings, sample_ds)
     raw = pq.read_table(lake.raw(settings, "impressions", sample_ds))
     samples = _rows(lake.samples(settings, sample_ds))
     quarantine = _rows(lake.quarantine(settings, sample_ds))

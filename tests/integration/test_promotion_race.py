@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from msmt.errors import StopRun
 from msmt.settings import Settings
 from training.promotion import PromotionError, current_champion, promote
+from training.tracking import configure_mlflow
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,7 @@ EVAL_DS = "2026-01-04"
 @pytest.fixture
 def registry(settings: Settings, tmp_path) -> Settings:
     """MLflow pointed at the temp home, the registered model created, a stand-in artifact to register."""
-    settings.configure_mlflow()
+    configure_mlflow(settings)
     MlflowClient().create_registered_model(settings.registered_model)
     (tmp_path / "model").mkdir()
     return settings

@@ -10,9 +10,10 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 
-from msmt import lake, pipeline
+from msmt import lake
 from msmt.errors import StopRun
-from msmt.simulate import SimConfig, simulate
+from pipeline import steps
+from pipeline.simulate import SimConfig, simulate
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +35,10 @@ def world(tmp_path_factory, spark):
 
 def _run(settings, ds: str, rebuild: bool = False) -> list[str]:
     """The data steps of one run; the sample days it built."""
-    plan = pipeline.plan_day(settings, ds, rebuild)
-    pipeline.check_raw_logs(settings, plan)
-    built = pipeline.build_samples(settings, plan)["built"]
-    pipeline.check_samples(settings, plan, built)
+    plan = steps.plan_day(settings, ds, rebuild)
+    steps.check_raw_logs(settings, plan)
+    built = steps.build_samples(settings, plan)["built"]
+    steps.check_samples(settings, plan, built)
     return built
 
 
@@ -46,7 +47,7 @@ def _clicks(settings, ds: str) -> int:
 
 
 def test_rebuild_reprocesses_the_training_days_from_corrected_raw_logs(world):
-    train_day = pipeline.plan_day(world, RUN_DAY).train_days[0]
+    train_day = steps.plan_day(world, RUN_DAY).train_days[0]
     assert _run(world, RUN_DAY) == [train_day, "2026-04-04"]  # a new lake catches up
     before = _clicks(world, train_day)
 
@@ -61,11 +62,11 @@ def test_rebuild_reprocesses_the_training_days_from_corrected_raw_logs(world):
     assert _clicks(world, train_day) == before
     assert _run(world, RUN_DAY, rebuild=True) == [train_day, "2026-04-04"]
     assert _clicks(world, train_day) < before
-    assert pipeline.samples_checked(world, train_day)
+    assert steps.samples_checked(world, train_day)
 
 
 def test_a_day_whose_samples_check_failed_is_rebuilt_and_checked_again_by_the_next_run(world):
-    sample_ds = pipeline.plan_day(world, RUN_DAY).sample_ds
+    sample_ds = steps.plan_day(world, RUN_DAY).sample_ds
     path = Path(lake.raw(world, "conversions", sample_ds), "part-0.parquet")
     conversions = pq.read_table(path)
     orphans = pc.binary_join_element_wise(conversions["click_id"], "-lost", "")
@@ -74,9 +75,9 @@ def test_a_day_whose_samples_check_failed_is_rebuilt_and_checked_again_by_the_ne
     with pytest.raises(StopRun, match=f"conversions ds={sample_ds}"):
         _run(world, RUN_DAY)
     assert Path(lake.samples(world, sample_ds)).exists()  # the partition is there…
-    assert not pipeline.samples_checked(world, sample_ds)  # …but does not count as built
+    assert not steps.samples_checked(world, sample_ds)  # …but does not count as built
 
-    next_plan = pipeline.plan_day(world, lake.shift(RUN_DAY, 1))
+    next_plan = steps.plan_day(world, lake.shift(RUN_DAY, 1))
     assert sample_ds in next_plan.train_days
     with pytest.raises(StopRun, match=f"conversions ds={sample_ds}"):  # rebuilt, checked, refused again
         _run(world, next_plan.ds)

@@ -2,43 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import pyarrow as pa
 import pytest
 
 from msmt import storage
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture(params=["local", "s3"])
-def lake_settings(request, settings, s3_endpoint, monkeypatch):
-    if request.param == "local":
-        return settings
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    s3_settings = settings.with_(lake_uri="s3://msmt-lake/prod", s3_endpoint_url=s3_endpoint)
-    storage.s3(s3_settings).create_bucket(Bucket="msmt-lake")
-    return s3_settings
 
 
 def test_round_trip_list_and_overwrite(lake_settings):
@@ -66,10 +35,35 @@ def test_missing_object_is_an_error(lake_settings):
 
 def test_simulator_writes_the_lake_through_storage(lake_settings):
     from msmt import lake
-    from msmt.simulate import SimConfig, simulate
+    from pipeline.simulate import SimConfig, simulate
 
     report = simulate(
         lake_settings, "2026-01-01", 2, 500, seed=1, config=SimConfig(n_users=200, n_items=50), progress=False
     )
     uri = f"{lake.raw(lake_settings, 'impressions', '2026-01-02')}/part-0.parquet"
     assert storage.read_parquet(lake_settings, uri).num_rows == report["days"]["2026-01-02"]["impressions"]
+
+
+@pytest.mark.parametrize("rebuild", [False, True])
+def test_the_catch_up_sees_what_the_lake_holds(lake_settings, rebuild):
+    """Days already built (and checked) are skipped on S3 as on disk; `rebuild` takes them all again."""
+    from msmt import lake
+    from pipeline import steps
+
+    plan = steps.plan_day(lake_settings, "2026-01-10", rebuild)
+    first, second, third = plan.train_days
+    storage.write_json(lake_settings, lake.check_result(lake_settings, "samples", first), {"success": True})
+    storage.write_json(lake_settings, lake.check_result(lake_settings, "samples", second), {"success": False})
+    part = pa.table({"user_id": [1]})
+    storage.write_parquet(lake_settings, f"{lake.features(lake_settings, 'user_stats', third)}/part-0.parquet", part)
+
+    everything = [*plan.train_days, plan.sample_ds]
+    assert steps.samples_to_build(lake_settings, plan) == (everything if rebuild else [second, third, plan.sample_ds])
+    assert steps.features_to_build(lake_settings, plan) == (everything if rebuild else [first, second, plan.sample_ds])
+
+
+def test_a_relative_local_lake_lists_keys_as_it_is_spelled(settings, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    storage.write_json(settings, "rel/lake/checks/ds=1.json", {"success": True})
+    assert storage.list_keys(settings, "rel/lake") == ["rel/lake/checks/ds=1.json"]
+    assert storage.exists(settings, "rel/lake/checks") and not storage.exists(settings, "rel/other")

@@ -31,6 +31,7 @@ from training.promotion import (
     rollback,
 )
 from training.pyfunc import load_ranker
+from training.tracking import configure_mlflow
 from training.train import partition_digest, train_model
 
 pytestmark = pytest.mark.integration
@@ -90,7 +91,7 @@ def write_training_set(settings: Settings, rows_per_day: int = 3000, seed: int =
 def env(settings: Settings) -> tuple[Settings, str]:
     """Settings with a long-tail scenario, MLflow pointed at the temp home (before any client exists)."""
     s = settings.with_(scenarios=SCENARIOS)
-    s.configure_mlflow()
+    configure_mlflow(s)
     return s, write_training_set(s)
 
 
@@ -141,6 +142,52 @@ def test_train_model_logs_a_registered_challenger(env, caplog):
     assert ((predictions > 0) & (predictions < 1)).all().all()
     model, spec = load_ranker(result["model_uri"])
     assert spec.n_scenarios == len(SCENARIOS) and not model.training
+    _loads_with_its_own_code_only(result["model_uri"], rows.head(4), predictions.head(4))
+
+
+# Run with `python -S`: site-packages on the path without its .pth files, so the editable
+# install of this repository is invisible and only the ranker's own `code/` can be imported.
+_OUTSIDE_THE_REPO = """
+import json, sys
+site_packages, model_dir, rows = sys.argv[1:]
+sys.path.append(site_packages)
+import mlflow, pandas as pd
+ranker = mlflow.pyfunc.load_model(model_dir)
+import training.pyfunc
+for name in ("training.train", "training.trainer", "pipeline.cli"):
+    try:
+        __import__(name)
+        raise SystemExit(f"{name} was importable beside the ranker")
+    except ModuleNotFoundError:
+        pass
+out = ranker.predict(pd.read_parquet(rows))
+print(json.dumps({"module": training.pyfunc.__file__, "p": out.to_numpy().tolist()}))
+"""
+
+
+def _loads_with_its_own_code_only(model_uri: str, rows, expected) -> None:
+    """The ranker's `code/` is the model and its scoring (MODEL_CODE), and that alone loads and scores it."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    from training.pyfunc import MODEL_CODE
+
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    rows.to_parquet(local / "rows.parquet")
+    shipped = {str(p.relative_to(local / "code")) for p in (local / "code").rglob("*.py")}
+    expected_files = {e for e in MODEL_CODE if e.endswith(".py")}
+    assert expected_files <= shipped and all(s.startswith(("training/models/", "msmt/")) or s in expected_files
+                                             for s in shipped), sorted(shipped)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", _OUTSIDE_THE_REPO, sysconfig.get_paths()["purelib"], str(local),
+         str(local / "rows.parquet")],
+        capture_output=True, text=True, cwd=local, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["module"].startswith(str(local / "code"))
+    np.testing.assert_allclose(result["p"], expected.to_numpy(), rtol=1e-6)
 
 
 def test_gate_promotes_refuses_and_rolls_back(env, capsys):

@@ -21,6 +21,7 @@ from test_train_and_registry import EVAL_DS, SCENARIOS, write_training_set
 
 from msmt.settings import PROJECT_ROOT
 from training import checkpoint
+from training.tracking import configure_mlflow
 from training.train import HOST_TAG, PID_TAG, train_model
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ TRAIN = (  # the train_model task, as its own process
 @pytest.fixture
 def day(settings):
     settings = settings.with_(scenarios=SCENARIOS)
-    settings.configure_mlflow()
+    configure_mlflow(settings)
     uri = write_training_set(settings, rows_per_day=1500)
     env = {**os.environ, **settings.to_env(), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
     return settings, uri, env
@@ -57,7 +58,7 @@ def kill_mid_epoch(settings, uri: str, env: dict, log_path) -> tuple[int, tuple[
     while time.monotonic() < deadline and proc.poll() is None:
         saved = next(days.glob("mmoe-*/last.pt"), None) if days.exists() else None
         if saved is not None:
-            state = checkpoint.load(saved)
+            state = checkpoint.load(settings, str(saved))
             if state["epoch"] == 0 and state["step"] >= 20:  # mid-epoch (141 steps / epoch)
                 descendants = psutil.Process(proc.pid).children(recursive=True)
                 proc.kill()

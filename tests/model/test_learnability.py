@@ -12,14 +12,15 @@ import pyarrow as pa
 import pytest
 import torch
 
+from feature_repo.publish import read_samples
 from msmt import schemas
-from msmt.features import read_samples
 from msmt.settings import Settings
-from msmt.simulate import SimConfig, simulate
+from pipeline.simulate import SimConfig, simulate
 from spark_jobs import build_samples
 from training.data import default_spec, encode, split_by_day
+from training.evaluate import score_cells
 from training.models import REGISTRY, build_model
-from training.trainer import TrainConfig, fit, score_cells
+from training.trainer import TrainConfig, fit
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -57,7 +58,6 @@ def split(spark, tmp_path_factory):
 def test_model_learns_every_cell(split, name):
     settings, spec, train, held_out = split
     torch.manual_seed(0)
-    torch.set_num_threads(1)
     model = build_model(name, spec)
     fit(model, train, None, TrainConfig(epochs=2, batch_size=512, lr=2e-3, seed=0))
     cells = score_cells(model, held_out, settings.scenarios, settings.tasks)

@@ -10,7 +10,6 @@ import time
 import torch
 
 from msmt.settings import PROJECT_ROOT
-from training.trainer import cpu_has_bf16
 
 BENCH = PROJECT_ROOT / "bench" / "train_throughput.py"
 
@@ -24,16 +23,21 @@ def _bench_module():
 
 def test_the_benchmark_prints_a_row_per_configuration():
     command = [sys.executable, str(BENCH), "--models", "mmoe", "--workers", "1", "--rows", "3000",
-               "--max-steps", "3", "--batch-size", "256"]  # fmt: skip
+               "--max-steps", "3", "--batch-size", "256", "--precisions", "fp32"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=PROJECT_ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| mmoe |")]
-    precisions = [row[2].strip() for row in rows]  # bf16 too where this CPU runs it natively
-    assert precisions == (["fp32", "bf16"] if cpu_has_bf16() else ["fp32"])
+    assert [row[2].strip() for row in rows] == ["fp32"]
     for row in rows:
         rates = [float(cell.replace(",", "")) for cell in row[3:6]]  # msmt, per-row tensors, per-row columns
         assert all(rate > 0 for rate in rates)
         assert row[6].strip() == f"{rates[0] / rates[1]:.1f}× / {rates[0] / rates[2]:.1f}×"
+
+
+def test_bf16_is_measured_beside_fp32_only_where_it_is_native():
+    choose = _bench_module().bf16_choices
+    assert choose("auto", native_bf16=True) == [False, True] and choose("auto", native_bf16=False) == [False]
+    assert choose("bf16", native_bf16=False) == [True] and choose("fp32,bf16", native_bf16=False) == [False, True]
 
 
 def test_gpu_utilisation_is_the_mean_of_samples_taken_while_the_block_runs():

@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from msmt import lake
-from msmt.cli import app
 from msmt.settings import Settings
+from pipeline.cli import app
 
 runner = CliRunner()
 

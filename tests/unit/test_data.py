@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from msmt import schemas
+from msmt.settings import Settings
 from training.data import (
     FeatureSpec,
     TensorData,
@@ -170,7 +171,7 @@ def test_read_and_split_by_day(tmp_path):
     root.mkdir(parents=True)
     pq.write_table(table, root / "part-0.parquet")
     for path in (root, tmp_path / "training_sets"):
-        back = read_training_set(str(path))
+        back = read_training_set(Settings(), str(path))
         assert back.num_rows == table.num_rows
         assert sorted(set(back.column("ds").to_pylist())) == ["2024-01-01", "2024-01-02"]  # the files' ds wins
     train, held_out = split_by_day(back, "2024-01-02")
@@ -180,16 +181,16 @@ def test_read_and_split_by_day(tmp_path):
         split_by_day(back, "2030-01-01")
 
     # From the files: the same split, read day by day (filters pushed down), tables not kept.
-    assert rows_per_day(str(root)) == {"2024-01-01": 3, "2024-01-02": 3}
-    assert read_held_out(str(root), "2024-01-02").equals(held_out)
+    assert rows_per_day(Settings(), str(root)) == {"2024-01-01": 3, "2024-01-02": 3}
+    assert read_held_out(Settings(), str(root), "2024-01-02").equals(held_out)
     spec = default_spec(4, ("click", "conversion"))
     pq.write_table(training_table(n=8, seed=5), root / "part-1.parquet")  # a second file: order across files
-    back = read_training_set(str(root))
+    back = read_training_set(Settings(), str(root))
     train, held_out = split_by_day(back, "2024-01-02")
-    train_data, held_out_data = load_split(str(root), spec, "2024-01-02")
+    train_data, held_out_data = load_split(Settings(), str(root), spec, "2024-01-02")
     for got, want in ((train_data, encode(train, spec)), (held_out_data, encode(held_out, spec))):
         assert len(got) == len(want) and all(
             torch.equal(getattr(got, f.name), getattr(want, f.name)) for f in fields(got)
         )
     with pytest.raises(ValueError, match="no rows"):
-        load_split(str(root), spec, "2030-01-01")
+        load_split(Settings(), str(root), spec, "2030-01-01")

@@ -14,12 +14,13 @@ from typer.testing import CliRunner
 
 from msmt import lake
 from msmt.errors import StopRun
-from msmt.importers import N_ITEM_CATEGORIES, N_USER_SEGMENTS, aliccp, stable_hash
-from msmt.importers.aliccp import import_aliccp
-from msmt.importers.aliexpress import AliExpressLayout, import_aliexpress
-from msmt.importers.cli import import_app
+from msmt.ids import stable_hash
 from msmt.schemas import CLICKS, CONVERSIONS, IMPRESSIONS
 from msmt.settings import Settings
+from pipeline.importers import N_ITEM_CATEGORIES, N_USER_SEGMENTS, aliccp
+from pipeline.importers.aliccp import import_aliccp
+from pipeline.importers.aliexpress import AliExpressLayout, import_aliexpress
+from pipeline.importers.cli import import_app
 
 START = "2024-05-01"
 DAYS = 3

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from msmt import locks, orchestration
+from msmt import locks
 from msmt.errors import StopRun
+from pipeline import orchestration
 
 
 def test_a_second_run_of_the_same_day_is_refused_naming_the_first(settings):

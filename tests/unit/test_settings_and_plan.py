@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from msmt.catalog import model_names
-from msmt.pipeline import plan_day
 from msmt.settings import Settings
+from pipeline.steps import DayPlan, plan_day, plan_from_params
+from training.catalog import model_names
 
 
 def test_settings_round_trip_through_the_environment():
@@ -38,6 +38,14 @@ def test_a_run_builds_the_matured_day_and_trains_on_the_days_before(window, trai
     assert plan.train_days == tuple(f"2026-01-{10 - window - k:02d}" for k in range(train_days, 0, -1))
     assert plan.feature_days == (*plan.train_days, plan.sample_ds)
     assert plan.raw_days[0] == plan.sample_ds and plan.raw_days[-1] == "2026-01-10"
+
+
+def test_a_plan_from_params_merges_epochs_once_and_round_trips_through_a_dict():
+    params = {"model": "ple", "epochs": 4, "overrides": {"lr": 0.01}, "promote": False, "rebuild": True, "gpus": 2}
+    plan = plan_from_params(Settings(), "2026-01-10", params)
+    assert (plan.model, plan.overrides, plan.promote, plan.rebuild) == ("ple", {"lr": 0.01, "epochs": 4}, False, True)
+    assert DayPlan.from_dict(plan.to_dict()) == plan
+    assert plan_from_params(Settings(), "2026-01-10", {}).overrides == {}  # defaults: the model's file alone
 
 
 def test_the_dag_enumerates_every_registered_model_without_importing_torch():

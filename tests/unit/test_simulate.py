@@ -13,7 +13,7 @@ import pytest
 from msmt import lake
 from msmt.schemas import RAW
 from msmt.settings import Settings
-from msmt.simulate import FAULTS, SimConfig, oracle_auc, simulate
+from pipeline.simulate import FAULTS, SimConfig, oracle_auc, simulate
 
 START = "2024-03-01"
 SMALL = SimConfig(n_users=2_000, n_items=500, new_items_per_day=20)

@@ -6,11 +6,15 @@ import pytest
 import torch
 from tiny import SPEC
 
+from msmt.settings import Settings
 from training import checkpoint, trainer
 from training.data import synthetic
 from training.evaluate import auc
 from training.models import build_model
-from training.trainer import TrainConfig, fit, lr_factor, masked_bce, predict
+from training.scoring import predict
+from training.trainer import TrainConfig, fit, lr_factor, masked_bce
+
+LOCAL = Settings()  # checkpoints on the local disk
 
 
 @pytest.mark.parametrize("name", ["mmoe", "shared_bottom"])
@@ -241,7 +245,7 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(tmp_path):
     with pytest.raises(_Crash):
         fit(crashing, train, valid, cfg)
     handle.remove()
-    saved = checkpoint.load(checkpoint.path_in(cfg.checkpoint_dir))
+    saved = checkpoint.load(LOCAL, checkpoint.path_in(cfg.checkpoint_dir))
     assert (saved["epoch"], saved["step"]) == (1, 10)
 
     torch.manual_seed(123)  # a fresh process: other initial weights, other RNG state
@@ -255,9 +259,9 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(tmp_path):
 
 
 def test_checkpoints_are_atomic_and_weights_only(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    checkpoint.save(path, {"model": {"w": torch.ones(2)}, "step": 1, "rng": [checkpoint.rng_state()]})
-    state = checkpoint.load(path)
+    path = str(tmp_path / "last.pt")
+    checkpoint.save(LOCAL, path, {"model": {"w": torch.ones(2)}, "step": 1, "rng": [checkpoint.rng_state()]})
+    state = checkpoint.load(LOCAL, path)
     assert state["step"] == 1
     checkpoint.set_rng_state(state["rng"][0])
 
@@ -267,25 +271,25 @@ def test_checkpoints_are_atomic_and_weights_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError):
-        checkpoint.save(path, {"step": 2})
-    assert checkpoint.load(path)["step"] == 1  # the previous checkpoint survives
+        checkpoint.save(LOCAL, path, {"step": 2})
+    assert checkpoint.load(LOCAL, path)["step"] == 1  # the previous checkpoint survives
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
     monkeypatch.undo()
 
     torch.save({"evil": _Crash("not a tensor")}, path)
     with pytest.raises(Exception, match=r"weights_only|Unsupported global"):
-        checkpoint.load(path)
+        checkpoint.load(LOCAL, path)
 
 
 def test_a_spent_checkpoint_is_discarded_with_its_empty_directory(tmp_path):
     alone, shared = tmp_path / "alone", tmp_path / "shared"
     for directory in (alone, shared):
-        checkpoint.save(checkpoint.path_in(directory), {"step": 1})
+        checkpoint.save(LOCAL, checkpoint.path_in(directory), {"step": 1})
     (shared / "notes.txt").write_text("not ours")
-    checkpoint.discard(alone)
-    checkpoint.discard(shared)
-    checkpoint.discard(None)  # no checkpoint directory configured: nothing to do
-    assert not alone.exists() and checkpoint.latest(shared) is None
+    checkpoint.discard(LOCAL, alone)
+    checkpoint.discard(LOCAL, shared)
+    checkpoint.discard(LOCAL, None)  # no checkpoint directory configured: nothing to do
+    assert not alone.exists() and checkpoint.latest(LOCAL, shared) is None
     assert [p.name for p in shared.iterdir()] == ["notes.txt"]
 
 

@@ -2,7 +2,7 @@
 
 Add a model: write `training/models/<name>.py` defining `MODEL` (the `MsmtModel`
 subclass, whose `Config` is its config dataclass) and `DESCRIPTION` (one line:
-paper, venue, idea). Discovery needs no list to edit, and `msmt.catalog` reads
+paper, venue, idea). Discovery needs no list to edit, and `training.catalog` reads
 the same file names for the DAG's param schema without importing torch.
 """
 

@@ -40,7 +40,6 @@ shared by every adapter (the adapters' docstrings add theirs):
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import re
 import uuid
@@ -56,6 +55,7 @@ import pyarrow.compute as pc
 
 from msmt import lake, storage
 from msmt.errors import StopRun
+from msmt.ids import stable_hash
 from msmt.schemas import CLICKS, CONVERSIONS, IMPRESSIONS
 from msmt.settings import Settings
 
@@ -69,7 +69,6 @@ N_PRICE_BUCKETS = 10
 CLICK_DELAY_S = (2, 300)  # click this long after its impression (deterministic per impression)
 CONVERSION_DELAY_S = (60, 3600)  # conversion this long after its click
 MAX_EXAMPLES = 5  # malformed examples kept per reason
-_MASK63 = np.uint64(2**63 - 1)
 
 # what a file's first line can be, in words (`shape`); the error for a wrong file names what it found
 CCP_SKELETON_ROW = (
@@ -119,20 +118,6 @@ def shape(line: str) -> str:
     if len(row) == 3 and row[1].isdigit() and _FEATURE_LIST.match(row[2]):
         return CCP_COMMON_ROW
     return f"{line.count(',') + 1} comma-separated fields starting {line[:80]!r}"
-
-
-def stable_hash(values: pa.Array | pa.ChunkedArray | Sequence[str]) -> np.ndarray:
-    """Strings → non-negative int64 (blake2b-64 of UTF-8, top bit cleared); distinct values hashed once."""
-    array = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values, pa.string())
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    encoded = pc.dictionary_encode(array)
-    digests = [
-        int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little")
-        for v in encoded.dictionary.to_pylist()
-    ]
-    table = (np.array(digests, dtype=np.uint64) & _MASK63).astype(np.int64)
-    return table[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
 def bucket(values: pa.Array | Sequence[str], n: int) -> np.ndarray:
@@ -202,7 +187,7 @@ class RawWriter:
         self.examples: dict[str, list[str]] = {}
         self.skipped: Counter[str] = Counter()  # rows of scenarios left out by `scenarios`
         self.rows_read = 0
-        self.staging = lake.table(settings, f"_staging/import-{uuid.uuid4().hex}")
+        self.staging = lake.staging(settings, uuid.uuid4().hex)
 
     def __enter__(self) -> RawWriter:
         return self

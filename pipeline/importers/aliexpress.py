@@ -17,7 +17,7 @@ found by name, so extra or missing numerical columns do not matter. Assumptions 
 
 - scenario = the country, lower case (`nl`, `es`, `fr`, `us`, `ru`), read from an `AliExpress_<CC>`
   (or `aliexpress_<cc>`) component of the path, or given with `scenario=`.
-- A stream (for synthetic time, see `msmt.importers`) is one country's files in the order given; a
+- A stream (for synthetic time, see `pipeline.importers`) is one country's files in the order given; a
   directory contributes train.csv then test.csv (the release splits them along time), else its
   *.csv sorted by name. Within a file, searches are laid end to end in order of first appearance,
   each taking as many row slots as it has rows; a search's time is its first slot. A search whose
@@ -62,8 +62,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 from tqdm import tqdm
 
-from msmt.importers import Batch, ImportRefused, RawWriter, first_line, refuse, shape
 from msmt.settings import Settings
+from pipeline.importers import Batch, ImportRefused, RawWriter, first_line, refuse, shape
 
 _COUNTRY = re.compile(r"aliexpress_([a-z]{2})(?![a-z])", re.IGNORECASE)
 _TRUE = ("1", "1.0")

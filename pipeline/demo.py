@@ -21,7 +21,7 @@ def task_durations(run_id: str) -> list[tuple[str, float, str]]:
     from airflow.models import TaskInstance
     from airflow.utils.session import create_session
 
-    from msmt.orchestration import DAG_ID
+    from pipeline.orchestration import DAG_ID
 
     with create_session() as session:
         tis = session.query(TaskInstance).filter(TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run_id).all()
@@ -30,8 +30,8 @@ def task_durations(run_id: str) -> list[tuple[str, float, str]]:
 
 
 def run_demo(settings: Settings, days: int, impressions_per_day: int, seed: int, reset: bool = True) -> dict:
-    from msmt import orchestration
-    from msmt.simulate import simulate
+    from pipeline import orchestration
+    from pipeline.simulate import simulate
 
     # Task logs stay in the metadata DB and the Airflow UI; the console gets the summaries.
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from msmt.errors import StopRun
-from msmt.importers.cli import import_app
 from msmt.settings import Settings
+from pipeline.importers.cli import import_app
 
 app = typer.Typer(
     help="msmt: daily retraining of multi-scenario, multi-task ranking models.",
@@ -26,10 +26,10 @@ Assignments = Annotated[
 ]
 
 
-def _overrides(assignments: list[str] | None, epochs: int | None = None) -> dict:
+def _overrides(assignments: list[str] | None) -> dict:
     from training.hparams import parse_assignments
 
-    return {**parse_assignments(assignments or []), **({"epochs": epochs} if epochs else {})}
+    return parse_assignments(assignments or [])
 
 
 def _settings() -> Settings:
@@ -64,8 +64,8 @@ def simulate(
     malformed_rate: Annotated[float, typer.Option(help="share of malformed rows per raw table")] = 0.002,
 ) -> None:
     """Write simulated raw impressions, clicks, conversions (and true probabilities) to the lake."""
-    from msmt.simulate import SimConfig
-    from msmt.simulate import simulate as run
+    from pipeline.simulate import SimConfig
+    from pipeline.simulate import simulate as run
 
     counts = run(_settings(), start, days, impressions_per_day, seed, SimConfig(malformed_rate=malformed_rate))
     typer.echo(json.dumps(counts, indent=1, default=str))
@@ -84,15 +84,13 @@ def run(
     Exit code: 0 the run succeeded, 1 a task failed (the summary says which and why),
     2 refused before it started (bad override, a day before MSMT_DAG_START, the day already running).
     """
-    from msmt import orchestration, pipeline
+    from pipeline import orchestration, steps
 
     settings = _settings()
-    overrides = _overrides(assignments)
+    params = {"model": model, "promote": promote, "rebuild": rebuild, "overrides": _overrides(assignments)}
     try:
-        pipeline.plan_day(settings, ds, rebuild, model, overrides)  # a bad override fails here, before any work
-        outcome = orchestration.run_daily(
-            settings, ds, {"model": model, "promote": promote, "rebuild": rebuild, "overrides": overrides}
-        )
+        steps.plan_from_params(settings, ds, params)  # a bad override fails here, before any work
+        outcome = orchestration.run_daily(settings, ds, params)
     except StopRun as refused:
         raise _stopped(refused) from refused
     typer.echo(orchestration.run_summary(outcome))
@@ -103,21 +101,21 @@ def run(
 @app.command()
 def samples(ds: Day) -> None:
     """Build the samples of the matured day `ds - attribution window` (Spark)."""
-    from msmt import pipeline
+    from pipeline import steps
 
     settings = _settings()
-    typer.echo(json.dumps(pipeline.build_samples(settings, pipeline.plan_day(settings, ds)), indent=1, default=str))
+    typer.echo(json.dumps(steps.build_samples(settings, steps.plan_day(settings, ds)), indent=1, default=str))
 
 
 @app.command()
 def features(ds: Day) -> None:
     """Build the feature days a run for `ds` needs (Spark) and publish them to Feast."""
-    from msmt import pipeline
+    from pipeline import steps
 
     settings = _settings()
-    plan = pipeline.plan_day(settings, ds)
-    pipeline.build_features(settings, plan)
-    typer.echo(json.dumps(pipeline.publish_features(settings, plan), default=str))
+    plan = steps.plan_day(settings, ds)
+    steps.build_features(settings, plan)
+    typer.echo(json.dumps(steps.publish_features(settings, plan), default=str))
 
 
 @app.command()
@@ -131,17 +129,17 @@ def train(
 
     Exit code: 0 the gate passed, 1 it failed, 2 no training set for that day.
     """
-    from msmt import pipeline
+    from pipeline import steps
 
     settings = _settings()
-    overrides = _overrides(assignments, epochs)
+    params = {"model": model, "epochs": epochs, "overrides": _overrides(assignments)}
     try:
-        plan = pipeline.plan_day(settings, ds, model=model, overrides=overrides)
+        plan = steps.plan_from_params(settings, ds, params)
     except StopRun as refused:
         raise _stopped(refused) from refused
     training_set = _training_set(settings, plan)
-    trained = pipeline.train_model(settings, plan, training_set, model, overrides)
-    decision = pipeline.evaluate_model(settings, plan, training_set, trained["version"])
+    trained = steps.train_model(settings, plan, training_set)
+    decision = steps.evaluate_model(settings, plan, training_set, trained["version"])
     verdict = "passed" if decision["passed"] else "failed"
     typer.echo(f"version {trained['version']} (run {trained['run_id']}): gate {verdict}")
     raise typer.Exit(code=0 if decision["passed"] else 1)
@@ -156,22 +154,24 @@ def gate(
 
     Exit code: 0 the gate passed, 1 it failed, 2 no training set for that day or a bad override.
     """
-    from msmt import pipeline
+    from pipeline import steps
 
     settings = _settings()
-    plan = pipeline.plan_day(settings, ds)
-    decision = pipeline.evaluate_model(settings, plan, _training_set(settings, plan), version)
+    plan = steps.plan_day(settings, ds)
+    decision = steps.evaluate_model(settings, plan, _training_set(settings, plan), version)
     raise typer.Exit(code=0 if decision["passed"] else 1)
 
 
 @app.command()
 def promote(ds: Day) -> None:
     """Apply the stored gate decision of the run for `ds` (compare-and-set on the champion alias)."""
-    from msmt import lake, pipeline, storage
+    from msmt import lake, storage
+    from pipeline import steps
 
     settings = _settings()
-    decision = storage.read_json(settings, lake.gate_report(settings, pipeline.plan_day(settings, ds).sample_ds))
-    typer.echo(json.dumps(pipeline.promote_model(settings, decision, promote=True), indent=1, default=str))
+    plan = steps.plan_day(settings, ds)
+    decision = storage.read_json(settings, lake.gate_report(settings, plan.sample_ds))
+    typer.echo(json.dumps(steps.promote_model(settings, plan, decision), indent=1, default=str))
 
 
 @app.command()
@@ -194,7 +194,7 @@ def models() -> None:
 @app.command()
 def env() -> None:
     """Print the exports that point Airflow and MLflow at this profile (for their UIs)."""
-    from msmt.orchestration import airflow_env
+    from pipeline.orchestration import airflow_env
 
     for key, value in sorted(airflow_env(Settings.from_env()).items()):
         typer.echo(f"export {key}={value}")
@@ -208,7 +208,7 @@ def demo(
     reset: Annotated[bool, typer.Option(help="start from an empty MSMT_HOME")] = True,
 ) -> None:
     """Simulate a week and run msmt_daily for its last two days."""
-    from msmt.demo import run_demo
+    from pipeline.demo import run_demo
 
     result = run_demo(_settings(), days, impressions_per_day, seed, reset)
     if any(state != "success" for state in result["states"].values()):

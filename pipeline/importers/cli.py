@@ -1,4 +1,4 @@
-"""`msmt import …`: load a public dataset into the raw lake (mounted by msmt/cli.py)."""
+"""`msmt import …`: load a public dataset into the raw lake (mounted by pipeline/cli.py)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _refusal_exits() -> Iterator[None]:
 
 
 def _finish(report: dict) -> None:
-    from msmt.importers import run_hint
+    from pipeline.importers import run_hint
 
     typer.echo(json.dumps(report, indent=1, default=str))
     typer.echo(f"\n# point the pipeline at the imported scenarios, then run it:\n{run_hint(report)}")
@@ -70,7 +70,7 @@ def aliexpress(
     ] = None,
 ) -> None:
     """AliExpress (Tianchi 74690) train.csv / test.csv per country: one scenario per country."""
-    from msmt.importers.aliexpress import AliExpressLayout, import_aliexpress
+    from pipeline.importers.aliexpress import AliExpressLayout, import_aliexpress
 
     layout = AliExpressLayout()
     if user_columns:
@@ -94,7 +94,7 @@ def aliccp(
     device: Device = "unknown",
 ) -> None:
     """Ali-CCP (Tianchi 408) sample_skeleton_* + common_features_* pairs: field 301 is the scenario."""
-    from msmt.importers.aliccp import import_aliccp
+    from pipeline.importers.aliccp import import_aliccp
 
     with _refusal_exits():
         report = import_aliccp(_settings(), paths, start, days, scenarios=_split(scenarios), device=device)

@@ -3,10 +3,10 @@
 A data scientist can run a day from a notebook with the same code path as the
 scheduler:
 
-    from msmt import pipeline
+    from pipeline import steps
     settings = Settings.from_env()
-    plan = pipeline.plan_day(settings, "2026-01-08")
-    pipeline.build_samples(settings, plan)
+    plan = steps.plan_day(settings, "2026-01-08")
+    steps.build_samples(settings, plan)
 
 The run for day `ds` builds samples for `ds - attribution_window_days` (labels
 have matured by then), trains on the `train_days` sample days before it and
@@ -16,7 +16,7 @@ holds that sample day out for the gate.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from msmt import lake, storage
 from msmt.settings import Settings
@@ -24,14 +24,24 @@ from msmt.settings import Settings
 log = logging.getLogger("msmt.pipeline")
 
 
+DEFAULT_MODEL = "mmoe"
+
+
 @dataclass(frozen=True)
 class DayPlan:
-    """Which days one run reads and writes."""
+    """What one run does: the days it reads and writes, and the model it trains.
+
+    Made once by `plan_day` (the DAG's first task) and passed between tasks as
+    `to_dict()` / `from_dict()`, so no task rebuilds it or re-merges its overrides.
+    """
 
     ds: str  # the run day: newest raw logs
     sample_ds: str  # labels matured: built, and held out for evaluation
     train_days: tuple[str, ...]  # sample days the challenger learns from
     rebuild: bool = False  # rebuild the training days' samples and features from raw logs (after an upstream fix)
+    model: str = DEFAULT_MODEL  # the zoo model the challenger is
+    overrides: dict = field(default_factory=dict)  # over training/configs/<model>.json, validated
+    promote: bool = True  # move the champion alias on a passing gate
 
     @property
     def feature_days(self) -> tuple[str, ...]:
@@ -46,15 +56,24 @@ class DayPlan:
     def to_dict(self) -> dict:
         return {**asdict(self), "train_days": list(self.train_days)}
 
+    @classmethod
+    def from_dict(cls, plan: dict) -> DayPlan:
+        return cls(**{**plan, "train_days": tuple(plan["train_days"])})
+
 
 def plan_day(
-    settings: Settings, ds: str, rebuild: bool = False, model: str | None = None, overrides: dict | None = None
+    settings: Settings,
+    ds: str,
+    rebuild: bool = False,
+    model: str = DEFAULT_MODEL,
+    overrides: dict | None = None,
+    promote: bool = True,
 ) -> DayPlan:
-    """The days a run for `ds` reads and writes; with `model`, its `overrides` are validated first (before any work)."""
-    if model is not None:
-        from training.hparams import check_overrides
+    """The days a run for `ds` reads and writes; `model` and its `overrides` are validated first (before any work)."""
+    from training.hparams import check_overrides
 
-        check_overrides(model, overrides or {})
+    overrides = dict(overrides or {})
+    check_overrides(model, overrides)
     sample_ds = lake.shift(ds, -settings.attribution_window_days)
     train_days = tuple(lake.days_between(lake.shift(sample_ds, -settings.train_days), settings.train_days))
     log.info(
@@ -64,7 +83,21 @@ def plan_day(
         settings.attribution_window_days,
         ", ".join(train_days),
     )
-    return DayPlan(ds=ds, sample_ds=sample_ds, train_days=train_days, rebuild=rebuild)
+    return DayPlan(ds, sample_ds, train_days, rebuild, model, overrides, promote)
+
+
+def plan_from_params(settings: Settings, ds: str, params: dict) -> DayPlan:
+    """The plan of a run from its DAG params (or the CLI's options): the one place `epochs` joins the overrides."""
+    epochs = {"epochs": params["epochs"]} if params.get("epochs") else {}
+    overrides = {**params.get("overrides", {}), **epochs}
+    return plan_day(
+        settings,
+        ds,
+        params.get("rebuild", False),
+        params.get("model", DEFAULT_MODEL),
+        overrides,
+        params.get("promote", True),
+    )
 
 
 def samples_checked(settings: Settings, day: str) -> bool:
@@ -78,9 +111,19 @@ def _to_build(plan: DayPlan, built) -> list[str]:
     return [*(d for d in plan.train_days if plan.rebuild or not built(d)), plan.sample_ds]
 
 
+def samples_to_build(settings: Settings, plan: DayPlan) -> list[str]:
+    """The catch-up: training days whose samples never passed their check, then the sample day."""
+    return _to_build(plan, lambda day: samples_checked(settings, day))
+
+
+def features_to_build(settings: Settings, plan: DayPlan) -> list[str]:
+    """The catch-up: feature days not in the lake yet, then the sample day."""
+    return _to_build(plan, lambda day: storage.exists(settings, lake.features(settings, "user_stats", day)))
+
+
 def check_raw_logs(settings: Settings, plan: DayPlan) -> dict:
     """Great Expectations on every raw day the sample day reads; stops the run on failure."""
-    from spark_jobs.checks import check_raw
+    from data_checks.suites import check_raw
 
     return {d: check_raw(settings, d)["success"] for d in plan.raw_days}
 
@@ -96,7 +139,7 @@ def build_samples(settings: Settings, plan: DayPlan) -> dict:
 
     spark = get_spark(settings)
     stats = {}
-    for day in _to_build(plan, lambda d: samples_checked(settings, d)):
+    for day in samples_to_build(settings, plan):
         storage.remove(settings, lake.check_result(settings, "samples", day))
         stats[day] = job.run(spark, settings, day)
     return {"built": list(stats), "stats": stats[plan.sample_ds]}
@@ -108,7 +151,7 @@ def build_features(settings: Settings, plan: DayPlan) -> dict:
     from spark_jobs.common import get_spark
 
     spark = get_spark(settings)
-    days = _to_build(plan, lambda d: storage.exists(settings, lake.features(settings, "user_stats", d)))
+    days = features_to_build(settings, plan)
     for day in days:
         job.run(spark, settings, day)
     return {"built": days}
@@ -116,47 +159,43 @@ def build_features(settings: Settings, plan: DayPlan) -> dict:
 
 def check_samples(settings: Settings, plan: DayPlan, built: list[str]) -> dict:
     """Great Expectations on every sample day this run built, oldest first; the first failure stops the run."""
-    from spark_jobs.checks import check_samples as check
+    from data_checks.suites import check_samples as check
 
     return {day: check(settings, day)["success"] for day in sorted(built or [plan.sample_ds])}
 
 
 def publish_features(settings: Settings, plan: DayPlan) -> dict:
-    from msmt import features
+    from feature_repo import publish as features
 
     return features.publish(settings, list(plan.feature_days))
 
 
 def build_training_set(settings: Settings, plan: DayPlan) -> str:
-    from msmt import features
+    from feature_repo import publish as features
 
     return features.build_training_set(settings, list(plan.feature_days), plan.sample_ds)
 
 
-def training_output(settings: Settings, ds: str, model: str) -> str:
-    """Where a training pod writes the model state and metrics of run day `ds` (lake-relative, per model)."""
-    return f"{settings.lake.rstrip('/')}/training_runs/ds={ds}/{model}"
-
-
-def train_model(
-    settings: Settings,
-    plan: DayPlan,
-    training_set: str,
-    model: str,
-    overrides: dict | None,
-    trained_dir: str | None = None,
-) -> dict:
+def train_model(settings: Settings, plan: DayPlan, training_set: str) -> dict:
     """Train and register the challenger; its MLflow run also carries the data checks it was trained after.
 
-    Training runs in a torchrun process group (`train_workers` ranks) here, unless a
-    training pod already wrote its outputs to `trained_dir` (cluster profile).
+    Locally training runs in a torchrun process group (`train_workers` ranks); in the
+    cluster profile the training pod has already written its outputs to
+    `lake.training_output`, which this reads, logs and registers.
     """
     import mlflow
 
     from training.train import train_model as train
 
+    trained_dir = lake.training_output(settings, plan.ds, plan.model) if settings.profile == "cluster" else None
     trained = train(
-        settings, training_set, plan.sample_ds, model, overrides, run_name=f"{model}-{plan.ds}", trained_dir=trained_dir
+        settings,
+        training_set,
+        plan.sample_ds,
+        plan.model,
+        plan.overrides,
+        run_name=f"{plan.model}-{plan.ds}",
+        trained_dir=trained_dir,
     )
     client = mlflow.MlflowClient()
     checks = [("raw", d) for d in plan.raw_days] + [("samples", plan.sample_ds)]
@@ -173,10 +212,10 @@ def evaluate_model(settings: Settings, plan: DayPlan, training_set: str, version
     return evaluate_and_gate(settings, training_set, plan.sample_ds, version)
 
 
-def promote_model(settings: Settings, decision: dict, promote: bool) -> dict:
+def promote_model(settings: Settings, plan: DayPlan, decision: dict) -> dict:
     from training.promotion import promote as move_alias
 
-    if not promote:
+    if not plan.promote:
         log.info("promote=False (experiment or backfill): the champion alias stays where it is")
         return {"promoted": False, "reason": "promotion disabled for this run (promote=false)"}
     return move_alias(settings, decision)

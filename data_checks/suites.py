@@ -40,12 +40,6 @@ log = logging.getLogger("msmt.checks")
 TRAILING_DAYS = 7  # drift is measured against the mean of up to this many earlier days
 VOLUME_RATIO = (0.5, 2.0)  # today's rows / trailing mean, per scenario
 CTR_RATIO = (0.33, 3.0)  # today's CTR / trailing mean CTR, per scenario
-RAW_KEYS = {
-    "impressions": ("impression_id", "request_id", "ts", "user_id", "item_id", "scenario"),
-    "clicks": ("click_id", "impression_id", "ts"),
-    "conversions": ("conversion_id", "click_id", "ts"),
-}
-SAMPLE_KEYS = ("impression_id", "request_id", "event_timestamp", "user_id", "item_id", "scenario_id", "position")
 SAMPLES_WITH_PARTITION = schemas.SAMPLES.append(pa.field("scenario", pa.string()))
 # Quarantined for arriving after the attribution window: the window is a choice, late conversions
 # are normal (the simulator's are ~7% of a day's), so they are counted in the result, not bounded.
@@ -574,7 +568,11 @@ def check_raw(settings: Settings, ds: str) -> dict:
             continue
 
         def values(gxe, intact: set[str], name: str = name) -> list:
-            checks = [gxe.ExpectColumnValuesToNotBeNull(column=c, mostly=mostly) for c in RAW_KEYS[name] if c in intact]
+            checks = [
+                gxe.ExpectColumnValuesToNotBeNull(column=c, mostly=mostly)
+                for c in schemas.RAW_KEYS[name]
+                if c in intact
+            ]
             if "ts" in intact:
                 checks.append(
                     gxe.ExpectColumnValuesToBeBetween(
@@ -617,7 +615,7 @@ def check_samples(settings: Settings, sample_ds: str) -> dict:
     ids = list(settings.scenario_ids.values())
 
     def values(gxe, intact: set[str]) -> list:
-        checks = [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in SAMPLE_KEYS if c in intact]
+        checks = [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in schemas.SAMPLE_KEYS if c in intact]
         ranges = {
             "click": gxe.ExpectColumnValuesToBeInSet(column="click", value_set=[0, 1]),
             "conversion": gxe.ExpectColumnValuesToBeInSet(column="conversion", value_set=[0, 1]),

@@ -28,12 +28,12 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from msmt import lake, storage
 from msmt.schemas import CLICKS, CONVERSIONS, IMPRESSIONS, TRUTH
 from msmt.settings import Settings
+from training.evaluate import auc
 
 DAY_US = 86_400 * 1_000_000
 DEVICES = ("ios", "android", "web")
@@ -203,10 +203,10 @@ def oracle_auc(truth: pd.DataFrame, labels: pd.DataFrame) -> dict[tuple[str, str
     df = truth.merge(labels[["impression_id", "click", "conversion"]], on="impression_id")
     out: dict[tuple[str, str], float] = {}
     for scenario, cell in df.groupby("scenario", sort=True):
-        out[(scenario, "click")] = _auc(cell["click"], cell["p_click"])
-        out[(scenario, "conversion")] = _auc(cell["conversion"], cell["p_conversion"])
+        out[(scenario, "click")] = auc(cell["click"], cell["p_click"])
+        out[(scenario, "conversion")] = auc(cell["conversion"], cell["p_conversion"])
         clicked = cell[cell["click"] == 1]
-        out[(scenario, "cvr")] = _auc(clicked["conversion"], clicked["p_conversion"] / clicked["p_click"])
+        out[(scenario, "cvr")] = auc(clicked["conversion"], clicked["p_conversion"] / clicked["p_click"])
     return out
 
 
@@ -603,7 +603,3 @@ def _update_history(history: np.ndarray, user: np.ndarray, item: np.ndarray, ts:
 
 def _day_start_us(ds: str) -> int:
     return int(dt.datetime.fromisoformat(ds).replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
-
-
-def _auc(labels: pd.Series, scores: pd.Series) -> float:
-    return float(roc_auc_score(labels, scores)) if labels.nunique() == 2 else float("nan")

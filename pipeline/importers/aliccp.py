@@ -42,7 +42,8 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from msmt.importers import (
+from msmt.settings import Settings
+from pipeline.importers import (
     CCP_COMMON_ROW,
     CCP_SKELETON_ROW,
     Batch,
@@ -52,7 +53,6 @@ from msmt.importers import (
     refuse,
     shape,
 )
-from msmt.settings import Settings
 
 SKELETON = "sample_skeleton_"
 COMMON = "common_features_"

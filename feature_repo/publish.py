@@ -4,6 +4,10 @@
 days' rows into the online store; `build_training_set` joins samples to the
 feature views as of each sample's event time (Feast's point-in-time join), so a
 feature row stamped after an impression never reaches it.
+
+Every lake read and write goes through `msmt.storage`; on an `s3://` lake Feast's
+DuckDB offline store reads the feature files through DuckDB's httpfs extension
+(installed from its wheel, `duckdb-extension-httpfs`) with the profile's endpoint.
 """
 
 from __future__ import annotations
@@ -11,19 +15,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import shutil
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
-from msmt import lake, schemas
-from msmt.settings import PROJECT_ROOT, Settings
+from msmt import lake, schemas, storage
+from msmt.settings import Settings
 
 log = logging.getLogger("msmt.features")
 
-FEATURE_REPO = PROJECT_ROOT / "feature_repo"
+FEATURE_REPO = Path(__file__).resolve().parent
 ENTITY_COLUMNS = ["impression_id", "user_id", "item_id", "scenario_id", "event_timestamp"]
 
 
@@ -53,7 +55,34 @@ def feature_store(settings: Settings):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    _duckdb_reads_the_lake(settings)
     return FeatureStore(repo_path=str(FEATURE_REPO), config=config)
+
+
+def _duckdb_reads_the_lake(settings: Settings) -> None:
+    """Give the DuckDB connection Feast reads through (ibis's default backend) the S3 lake's endpoint and keys."""
+    if not storage.is_s3(settings.lake):
+        return
+    import boto3
+    import ibis
+    from duckdb_extensions import import_extension
+
+    import_extension("httpfs")  # from the wheel into DuckDB's extension directory: nothing is downloaded
+    session = boto3.Session()
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise RuntimeError(f"no AWS credentials for the lake {settings.lake} (AWS_ACCESS_KEY_ID / a profile / a role)")
+    keys = credentials.get_frozen_credentials()
+    region = session.region_name or "us-east-1"
+    options = [f"KEY_ID '{keys.access_key}'", f"SECRET '{keys.secret_key}'", f"REGION '{region}'"]
+    if keys.token:
+        options.append(f"SESSION_TOKEN '{keys.token}'")
+    if settings.s3_endpoint_url:  # MinIO / moto: host:port, path-style URLs
+        endpoint = urlparse(settings.s3_endpoint_url)
+        options += [f"ENDPOINT '{endpoint.netloc}'", "URL_STYLE 'path'", f"USE_SSL {endpoint.scheme == 'https'}"]
+    backend = ibis.get_backend()
+    backend.raw_sql("LOAD httpfs")
+    backend.raw_sql(f"CREATE OR REPLACE SECRET msmt_lake (TYPE s3, {', '.join(options)})")
 
 
 def _day_start(ds_: str) -> dt.datetime:
@@ -80,9 +109,9 @@ def read_samples(settings: Settings, days: list[str]) -> pa.Table:
     tables = []
     for sample_ds in days:
         path = lake.samples(settings, sample_ds)
-        if not Path(path).exists():
+        if not storage.exists(settings, path):
             raise FileNotFoundError(f"no samples for {sample_ds} at {path}: run build_samples for that day first")
-        table = ds.dataset(path, format="parquet", partitioning="hive").to_table()
+        table = storage.dataset(settings, path, partitioning="hive").to_table()
         table = table.drop_columns([c for c in ("scenario",) if c in table.column_names])
         tables.append(table.append_column("ds", pa.array([sample_ds] * table.num_rows, pa.string())))
     return pa.concat_tables(tables).cast(_with_ds(schemas.SAMPLES))
@@ -121,12 +150,11 @@ def build_training_set(settings: Settings, sample_days: list[str], out_ds: str) 
     for name in features.column_names[1:]:
         table = table.append_column(features.schema.field(name), features[name])
     out = lake.training_set(settings, out_ds)
-    shutil.rmtree(out, ignore_errors=True)
-    Path(out).mkdir(parents=True)
+    storage.remove_prefix(settings, out)
     # Day-major row groups of TRAINING_SET_ROW_GROUP rows: a reader of one day skips the others'
     # groups, and the trainer encodes group by group instead of decoding the whole file at once.
     table = table.sort_by([("ds", "ascending"), ("impression_id", "ascending")])
-    pq.write_table(table, f"{out}/part-0.parquet", row_group_size=TRAINING_SET_ROW_GROUP)
+    storage.write_parquet(settings, f"{out}/part-0.parquet", table, row_group_size=TRAINING_SET_ROW_GROUP)
     coverage = {c: 1 - table[c].null_count / max(table.num_rows, 1) for c in ("u_ctr", "i_ctr", "us_ctr", "is_ctr")}
     log.info("training set %s: %d rows, feature coverage %s", out, table.num_rows, coverage)
     return out

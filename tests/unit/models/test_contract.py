@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import SPEC, tiny_batch
+from tiny import SPEC
+from tiny import registry_batch as batch
 
 from training.models import REGISTRY, build_model, model_names
-
-
-def batch(n: int = 4) -> dict[str, torch.Tensor]:
-    return tiny_batch(n)
 
 
 def test_registry_lists_every_model():
@@ -63,12 +60,3 @@ def test_seeded_build_is_deterministic(name):
     assert torch.equal(outs[0], outs[1])
     torch.manual_seed(1)
     assert not torch.equal(build_model(name, SPEC).eval()(batch()), outs[0])
-
-
-def test_mmoe_gates_are_distributions():
-    model = build_model("mmoe", SPEC, n_experts=3)
-    gates = model.gates(model.embedding.flat(batch()))
-    assert gates.shape == (4, 2, 3)
-    assert torch.allclose(gates.sum(-1), torch.ones(4, 2))
-    with pytest.raises(ValueError, match="n_experts"):
-        build_model("mmoe", SPEC, n_experts=0)
