@@ -23,12 +23,6 @@ FEATURE_SERVICE = "ranker_v1"
 # to yesterday's values instead of nulls, anything older counts as missing.
 FEATURE_TTL = timedelta(days=2)
 
-_KEYS = {
-    "user_stats": ["user"],
-    "item_stats": ["item"],
-    "user_scenario_stats": ["user", "scenario"],
-    "item_scenario_stats": ["item", "scenario"],
-}
 _DESCRIPTIONS = {
     "impressions": "impressions in the trailing window",
     "clicks": "distinct clicked impressions in the trailing window",
@@ -55,7 +49,7 @@ def definitions(settings: Settings) -> list[object]:
     entities = {"user": user, "item": item, "scenario": scenario}
 
     views = []
-    for view, keys in _KEYS.items():
+    for view, spec in schemas.CONTRACT.features.items():  # declared in the data contract
         source = FileSource(
             name=f"{view}_source",
             path=f"{lake.features(settings, view)}/ds=*/*.parquet",  # every day's partition
@@ -67,7 +61,7 @@ def definitions(settings: Settings) -> list[object]:
         views.append(
             FeatureView(
                 name=view,
-                entities=[entities[key] for key in keys],
+                entities=[entities[key] for key in spec.entities],
                 ttl=FEATURE_TTL,
                 schema=[
                     Field(name=column, dtype=_feast_type(column), description=_DESCRIPTIONS[column.split("_", 1)[1]])

@@ -2,7 +2,7 @@
 
 Airflow retries a failed task by default (late data, a flaky store); for these
 errors a retry only wastes the retry delay and buries the message, so the DAG
-turns every `StopRun` into a task failure without retry (`pipeline.orchestration.stop_on`).
+turns every `StopRun` into a task failure without retry (`pipeline.orchestration.fail_fast`).
 """
 
 from __future__ import annotations

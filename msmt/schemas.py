@@ -1,4 +1,5 @@
-"""Column contracts between the steps (pyarrow types; Spark mirrors them).
+"""Column layouts between the steps (pyarrow types; Spark mirrors them), the raw ones and the
+feature views from the data contract (`msmt.contract`), the samples' and quarantine's fixed here.
 
 Timestamps are UTC microseconds: Spark and Feast both need `us`, pandas would
 write `ns` and Feast then fails with a misleading "Unable to find table".
@@ -8,41 +9,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-TS = pa.timestamp("us", tz="UTC")
+from msmt import contract
 
-IMPRESSIONS = pa.schema(
-    [
-        ("impression_id", pa.string()),
-        ("request_id", pa.string()),  # candidates shown together in one response
-        ("ts", TS),
-        ("user_id", pa.int64()),
-        ("item_id", pa.int64()),
-        ("scenario", pa.string()),
-        ("position", pa.int32()),  # 0-based slot in the response
-        ("device", pa.string()),  # ios | android | web
-        ("user_segment", pa.int32()),  # noisy observable proxy of the user's latent vector
-        ("item_category", pa.int32()),
-        ("item_price_bucket", pa.int32()),
-        ("hist_item_ids", pa.list_(pa.int64())),  # user's last clicked items before ts, newest first
-    ]
-)
+CONTRACT = contract.load()  # the default contract: the simulator's logs (contracts/simulator.toml)
+TS = contract.TS
 
-CLICKS = pa.schema(
-    [
-        ("click_id", pa.string()),
-        ("impression_id", pa.string()),
-        ("ts", TS),
-    ]
-)
-
-CONVERSIONS = pa.schema(
-    [
-        ("conversion_id", pa.string()),
-        ("click_id", pa.string()),
-        ("ts", TS),  # may be days after the click: partitioned by its own day
-        ("value", pa.float64()),
-    ]
-)
+IMPRESSIONS = CONTRACT.raw_schema("impressions")
+CLICKS = CONTRACT.raw_schema("clicks")
+CONVERSIONS = CONTRACT.raw_schema("conversions")
 
 # Simulator only: the true probabilities behind each impression's labels.
 TRUTH = pa.schema(
@@ -56,12 +30,8 @@ TRUTH = pa.schema(
 
 RAW = {"impressions": IMPRESSIONS, "clicks": CLICKS, "conversions": CONVERSIONS, "truth": TRUTH}
 # Columns without which a raw row cannot be joined (null → quarantined / counted by the checks).
-RAW_KEYS = {
-    "impressions": ("impression_id", "request_id", "ts", "user_id", "item_id", "scenario"),
-    "clicks": ("click_id", "impression_id", "ts"),
-    "conversions": ("conversion_id", "click_id", "ts"),
-}
-RECORD_IDS = {"impressions": "impression_id", "clicks": "click_id", "conversions": "conversion_id"}
+RAW_KEYS = CONTRACT.raw_keys
+RECORD_IDS = CONTRACT.record_ids
 
 # One row per impression of the sample day, written under samples/ds=…/scenario=…/.
 SAMPLES = pa.schema(
@@ -98,29 +68,9 @@ QUARANTINE = pa.schema(
 
 # Feature tables: one row per key and day, stamped 00:00 UTC of that day and
 # computed only from logs strictly before it.
-_FEATURE_TIMES = [("event_timestamp", TS), ("created_timestamp", TS)]
-_COUNTS_AND_RATES = [
-    ("impressions", pa.int64()),
-    ("clicks", pa.int64()),
-    ("conversions", pa.int64()),
-    ("ctr", pa.float64()),  # smoothed towards the global rate
-    ("cvr", pa.float64()),  # conversions per click, smoothed
-]
-
-
-def _feature_schema(prefix: str, keys: list[tuple[str, pa.DataType]]) -> pa.Schema:
-    return pa.schema(keys + [(f"{prefix}_{name}", kind) for name, kind in _COUNTS_AND_RATES] + _FEATURE_TIMES)
-
-
-FEATURES = {
-    "user_stats": _feature_schema("u", [("user_id", pa.int64())]),
-    "item_stats": _feature_schema("i", [("item_id", pa.int64())]),
-    "user_scenario_stats": _feature_schema("us", [("user_id", pa.int64()), ("scenario_id", pa.int64())]),
-    "item_scenario_stats": _feature_schema("is", [("item_id", pa.int64()), ("scenario_id", pa.int64())]),
-}
+FEATURES = {name: view.schema for name, view in CONTRACT.features.items()}
 
 
 def feature_columns(view: str) -> list[str]:
     """The value columns of a feature view (keys and timestamps excluded)."""
-    skip = {"user_id", "item_id", "scenario_id", "event_timestamp", "created_timestamp"}
-    return [name for name in FEATURES[view].names if name not in skip]
+    return CONTRACT.features[view].value_columns

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from msmt import lake
+from msmt import lake, schemas
+from msmt.contract import FeatureView
 from msmt.settings import Settings
 from spark_jobs.common import (
     flag_raw,
@@ -38,14 +39,6 @@ log = logging.getLogger("msmt.build_features")
 
 CTR_PRIOR_IMPRESSIONS = 20  # K: a key needs ~20 impressions before its own CTR dominates
 CVR_PRIOR_CLICKS = 20  # M: the same for conversions per click
-
-# view -> (column prefix, key columns)
-VIEWS = {
-    "user_stats": ("u", ("user_id",)),
-    "item_stats": ("i", ("item_id",)),
-    "user_scenario_stats": ("us", ("user_id", "scenario_id")),
-    "item_scenario_stats": ("is", ("item_id", "scenario_id")),
-}
 
 
 def window_days(settings: Settings, feature_ds: str) -> list[str]:
@@ -87,48 +80,44 @@ def prior_rates(labelled: DataFrame) -> dict[int | None, tuple[float, float]]:
 
 
 def aggregate(
-    labelled: DataFrame, prefix: str, keys: Sequence[str], ctr_prior: Column, cvr_prior: Column, feature_ds: str
+    labelled: DataFrame, view: FeatureView, ctr_prior: Column, cvr_prior: Column, feature_ds: str
 ) -> DataFrame:
-    """Counts and smoothed rates per key, stamped 00:00 UTC of `feature_ds` (schemas.FEATURES layout)."""
+    """The view's statistics per key, stamped 00:00 UTC of `feature_ds` (its contract layout)."""
     stamp = F.lit(feature_ds).cast("timestamp")  # session time zone is UTC
+    keys = view.key_columns
     counts = labelled.groupBy(*keys).agg(
         F.count("*").alias("impressions"),
         F.sum("click").cast("long").alias("clicks"),
         F.sum("conversion").cast("long").alias("conversions"),
     )
-    return counts.select(
-        *keys,
-        F.col("impressions").alias(f"{prefix}_impressions"),
-        F.col("clicks").alias(f"{prefix}_clicks"),
-        F.col("conversions").alias(f"{prefix}_conversions"),
-        ((F.col("clicks") + CTR_PRIOR_IMPRESSIONS * ctr_prior) / (F.col("impressions") + CTR_PRIOR_IMPRESSIONS)).alias(
-            f"{prefix}_ctr"
-        ),
-        ((F.col("conversions") + CVR_PRIOR_CLICKS * cvr_prior) / (F.col("clicks") + CVR_PRIOR_CLICKS)).alias(
-            f"{prefix}_cvr"
-        ),
-        stamp.alias("event_timestamp"),
-        stamp.alias("created_timestamp"),
-    )
+    statistics = {
+        "impressions": F.col("impressions"),
+        "clicks": F.col("clicks"),
+        "conversions": F.col("conversions"),
+        "ctr": (F.col("clicks") + CTR_PRIOR_IMPRESSIONS * ctr_prior) / (F.col("impressions") + CTR_PRIOR_IMPRESSIONS),
+        "cvr": (F.col("conversions") + CVR_PRIOR_CLICKS * cvr_prior) / (F.col("clicks") + CVR_PRIOR_CLICKS),
+    }
+    values = [statistics[name].alias(column) for name, column in zip(view.statistics, view.value_columns, strict=True)]
+    return counts.select(*keys, *values, stamp.alias("event_timestamp"), stamp.alias("created_timestamp"))
 
 
 def transform(
     labelled: DataFrame, priors: dict[int | None, tuple[float, float]], feature_ds: str
 ) -> dict[str, DataFrame]:
-    """The four feature views of `feature_ds`: overall views shrink to the window's rate, per-scenario ones to
-    their scenario's."""
+    """The contract's feature views of `feature_ds`: overall views shrink to the window's rate, per-scenario
+    ones to their scenario's."""
     overall_ctr, overall_cvr = priors.get(None, (0.0, 0.0))
     by_scenario = {sid: rates for sid, rates in priors.items() if sid is not None}
     ctr_map = _literal_map({sid: ctr for sid, (ctr, _) in by_scenario.items()})
     cvr_map = _literal_map({sid: cvr for sid, (_, cvr) in by_scenario.items()})
     views = {}
-    for view, (prefix, keys) in VIEWS.items():
-        if "scenario_id" in keys:
+    for view in schemas.CONTRACT.features.values():
+        if "scenario" in view.entities:
             ctr_prior = F.element_at(ctr_map, F.col("scenario_id"))
             cvr_prior = F.element_at(cvr_map, F.col("scenario_id"))
         else:
             ctr_prior, cvr_prior = F.lit(overall_ctr), F.lit(overall_cvr)
-        views[view] = aggregate(labelled, prefix, keys, ctr_prior, cvr_prior, feature_ds)
+        views[view.name] = aggregate(labelled, view, ctr_prior, cvr_prior, feature_ds)
     return views
 
 
@@ -142,7 +131,7 @@ def load(views: dict[str, DataFrame], settings: Settings, feature_ds: str) -> di
     rows = {}
     for view, frame in views.items():
         uri = spark_uri(lake.features(settings, view, feature_ds))
-        frame.sortWithinPartitions(*VIEWS[view][1]).write.mode("overwrite").parquet(uri)
+        frame.sortWithinPartitions(*schemas.CONTRACT.features[view].key_columns).write.mode("overwrite").parquet(uri)
         rows[view] = frame.sparkSession.read.parquet(uri).count()  # footers only
     return rows
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import torch
 
-from msmt import schemas, storage
+from msmt import storage
 from msmt.ids import string_digests
 from msmt.settings import Settings
 
@@ -61,6 +61,16 @@ class FeatureSpec:
     def vocab(self, name: str) -> int:
         return self.vocab_sizes[self.sparse_fields.index(name)]
 
+    def inputs(self) -> list[dict]:
+        """Every input of the model with its role and encoding (the run's `feature_spec.json`)."""
+        sparse = [{"name": name, "role": "sparse", "rows": rows,
+                   "encoding": "hashed" if name in self.hashed_fields else "id (strings hashed)"}
+                  for name, rows in zip(self.sparse_fields, self.vocab_sizes, strict=True)]  # fmt: skip
+        dense = [{"name": name, "role": "dense", "transform": "log1p" if name in self.log1p_fields else "as is"}
+                 for name in self.dense_fields]  # fmt: skip
+        seq = [{"name": self.seq_field, "role": "sequence", "length": self.seq_len, "shares": self.seq_vocab_field}]
+        return sparse + dense + (seq if self.seq_field is not None else [])
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["tasks"] = list(self.tasks)
@@ -74,16 +84,11 @@ class FeatureSpec:
 
 def default_spec(n_scenarios: int, tasks: tuple[str, ...] | list[str], id_vocab: int = 2**16) -> FeatureSpec:
     """msmt's spec: the SAMPLES id/context columns, every feature view's columns, the click history."""
-    small = {
-        "scenario_id": n_scenarios + 1,
-        "position": 65,  # slots 0..63; deeper slots wrap
-        "device": 1024,  # hashed strings: sparse enough that ios/android/web never share a row
-        "hour": 25,
-        "user_segment": 257,
-        "item_category": 1025,
-        "item_price_bucket": 65,
-    }
-    vocab = {"user_id": id_vocab, "item_id": id_vocab, **small}
+    from msmt import schemas  # reads the contract file: a served ranker (its spec logged) never needs it
+
+    columns = schemas.CONTRACT.tables["impressions"].columns
+    declared = {c.name: c.vocab or c.hash_buckets for c in columns if c.role == "sparse"}
+    vocab = {"user_id": id_vocab, "item_id": id_vocab, "scenario_id": n_scenarios + 1, "hour": 25, **declared}
     sparse = ["user_id", "item_id", "scenario_id", "position", "device", "hour",
               "user_segment", "item_category", "item_price_bucket"]  # fmt: skip
     missing = set(sparse) - set(schemas.SAMPLES.names)

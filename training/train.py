@@ -46,6 +46,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.models import infer_signature
 
+from msmt import schemas
 from msmt.settings import Settings
 from training import hparams
 from training.data import default_spec, encode, read_held_out, rows_per_day
@@ -114,8 +115,12 @@ def train_model(
                 "attribution_window_days": settings.attribution_window_days,  # labels matured this long
                 "scenarios": ",".join(settings.scenarios),
                 "training_set_uri": training_set_uri,
+                "contract": schemas.CONTRACT.name,
+                "contract.digest": schemas.CONTRACT.digest,  # the data contract the inputs were derived from
             }
         )
+        contract = {k: getattr(schemas.CONTRACT, k) for k in ("name", "version", "digest", "source")}
+        mlflow.log_dict({"contract": contract, "inputs": spec.inputs()}, "feature_spec.json")
         mlflow.log_input(_training_dataset(training_set_uri, eval_table, digest), context="training")
         with tempfile.TemporaryDirectory(prefix="msmt-train-") as scratch:
             out = trained_dir or scratch

@@ -119,6 +119,10 @@ def test_train_model_logs_a_registered_challenger(env, caplog):
     assert dataset_input.dataset.digest == partition_digest(uri)
     assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} >= {"eval/auc_by_cell.png"}
+    card = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/feature_spec.json")
+    assert card["contract"]["digest"] == run.data.params["contract.digest"] == schemas.CONTRACT.digest
+    roles = {i["name"]: i["role"] for i in card["inputs"]}
+    assert roles["device"] == "sparse" and roles["u_ctr"] == "dense" and roles["hist_item_ids"] == "sequence"
 
     version = client.get_model_version(settings.registered_model, result["version"])
     assert version.run_id == run.info.run_id

@@ -1,0 +1,225 @@
+"""A dataset's data contract: one TOML file declares the raw tables, the role of each column,
+the label events and the feature aggregates; msmt derives the rest from it.
+
+The simulator's logs are just the default contract (`contracts/simulator.toml`). From a
+contract come the raw schemas the checks enforce (`raw_schema`), the columns a row cannot be
+joined without (`raw_keys`), each table's record id, the label tables in task order and the
+feature views (`feature_views`: keys, value columns, timestamps). TOML is read by the
+standard library, so a contract loads wherever msmt's floor does (the GPU machine included).
+
+A contract that cannot be right — a missing role, an unknown type, a feature whose entity
+has no key column — raises `ContractError` at load, naming the file, table and column,
+before any job reads a byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from msmt.errors import StopRun
+
+CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "contracts"
+DEFAULT = CONTRACTS_DIR / "simulator.toml"
+
+TS = pa.timestamp("us", tz="UTC")  # Spark and Feast need µs; pandas writes ns unless cast
+TYPES = {
+    "string": pa.string(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "timestamp": TS,
+    "list<int64>": pa.list_(pa.int64()),
+}
+# What a column is for. Key roles are the ones a row cannot be joined without.
+KEY_ROLES = ("impression_id", "record_id", "request_id", "click_id", "event_time", "user_key", "item_key", "scenario")
+ROLES = (*KEY_ROLES, "sparse", "dense", "sequence", "value")
+REQUIRED_ROLES = {
+    "impressions": ("impression_id", "request_id", "event_time", "user_key", "item_key", "scenario"),
+    "clicks": ("record_id", "impression_id", "event_time"),
+    "conversions": ("record_id", "click_id", "event_time"),
+}
+# The samples' column of each feature entity (build_samples writes them).
+ENTITY_KEYS = {
+    "user": ("user_id", pa.int64()),
+    "item": ("item_id", pa.int64()),
+    "scenario": ("scenario_id", pa.int64()),
+}
+STATISTICS = {
+    "impressions": pa.int64(),
+    "clicks": pa.int64(),  # distinct clicked impressions
+    "conversions": pa.int64(),  # attributed to those clicks
+    "ctr": pa.float64(),  # smoothed towards the window's rate
+    "cvr": pa.float64(),  # conversions per click, smoothed
+}
+FEATURE_TIMES = (("event_timestamp", TS), ("created_timestamp", TS))
+
+
+class ContractError(StopRun):
+    """The contract file is wrong; the message names the file, table and column."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # a key of TYPES
+    role: str  # one of ROLES
+    doc: str = ""
+    vocab: int = 0  # sparse integers: ids 0..vocab-2 get their own row (0 = null)
+    hash_buckets: int = 0  # sparse strings / unbounded ids: hashed into this many rows
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return TYPES[self.type]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    doc: str = ""
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([(c.name, c.arrow_type) for c in self.columns])
+
+    def with_role(self, role: str) -> Column:
+        return next(c for c in self.columns if c.role == role)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.role in KEY_ROLES)
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    """Aggregates per entity key and day (`<prefix>_<statistic>`), stamped 00:00 UTC of the day."""
+
+    name: str
+    entities: tuple[str, ...]
+    prefix: str
+    statistics: tuple[str, ...] = tuple(STATISTICS)
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return tuple(ENTITY_KEYS[e][0] for e in self.entities)
+
+    @property
+    def value_columns(self) -> list[str]:
+        return [f"{self.prefix}_{s}" for s in self.statistics]
+
+    @property
+    def schema(self) -> pa.Schema:
+        keys = [ENTITY_KEYS[e] for e in self.entities]
+        values = [(f"{self.prefix}_{s}", STATISTICS[s]) for s in self.statistics]
+        return pa.schema([*keys, *values, *FEATURE_TIMES])
+
+
+@dataclass(frozen=True)
+class Contract:
+    name: str
+    version: int
+    tables: dict[str, Table]
+    labels: dict[str, str]  # task -> the raw table whose rows are its events, in the model's task order
+    features: dict[str, FeatureView]
+    source: str  # the file it was read from
+    digest: str  # sha256 of that file's bytes: what a model was trained under
+
+    def raw_schema(self, table: str) -> pa.Schema:
+        return self.tables[table].schema
+
+    @property
+    def raw_keys(self) -> dict[str, tuple[str, ...]]:
+        return {name: table.keys for name, table in self.tables.items()}
+
+    @property
+    def record_ids(self) -> dict[str, str]:
+        """The column that identifies a row of each raw table (quarantine names rows by it)."""
+        ids = {"impressions": self.tables["impressions"].with_role("impression_id").name}
+        return ids | {name: self.tables[name].with_role("record_id").name for name in ("clicks", "conversions")}
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.labels)
+
+    def column(self, table: str, name: str) -> Column:
+        return next(c for c in self.tables[table].columns if c.name == name)
+
+
+def load(path: str | Path = DEFAULT) -> Contract:
+    """Read and validate a contract file; ContractError names what is wrong and where."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        document = tomllib.loads(raw.decode())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ContractError(f"contract {path}: cannot be read as TOML ({error})") from error
+    where = f"contract {path}"
+    tables = {name: _table(where, name, spec) for name, spec in _section(where, document, "tables").items()}
+    for name, roles in REQUIRED_ROLES.items():
+        if name not in tables:
+            raise ContractError(f"{where}: no table {name!r} (tables: {sorted(tables)})")
+        present = [c.role for c in tables[name].columns]
+        for role in roles:
+            if present.count(role) != 1:
+                raise ContractError(f"{where}: table {name} needs exactly one column with role {role!r}")
+    labels = {}
+    for task, spec in _section(where, document, "labels").items():
+        if spec.get("table") not in tables:
+            named = spec.get("table")
+            raise ContractError(f"{where}: label {task!r} names table {named!r}, not one of {sorted(tables)}")
+        labels[task] = spec["table"]
+    features = {name: _view(where, name, spec) for name, spec in _section(where, document, "features").items()}
+    return Contract(
+        name=str(document.get("name", path.stem)),
+        version=int(document.get("version", 1)),
+        tables=tables,
+        labels=labels,
+        features=features,
+        source=str(path),
+        digest=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def _section(where: str, document: dict, key: str) -> dict:
+    section = document.get(key)
+    if not isinstance(section, dict) or not section:
+        raise ContractError(f"{where}: no [{key}] section")
+    return section
+
+
+def _table(where: str, name: str, spec: dict) -> Table:
+    columns = []
+    for column, fields in spec.get("columns", {}).items():
+        at = f"{where}: table {name}, column {column}"
+        unknown = set(fields) - {"type", "role", "doc", "vocab", "hash_buckets"}
+        if unknown:
+            raise ContractError(f"{at}: unknown field(s) {sorted(unknown)}")
+        if fields.get("type") not in TYPES:
+            raise ContractError(f"{at}: type {fields.get('type')!r} is not one of {list(TYPES)}")
+        if fields.get("role") not in ROLES:
+            raise ContractError(f"{at}: role {fields.get('role')!r} is not one of {list(ROLES)}")
+        if fields["role"] == "sparse" and not (fields.get("vocab", 0) > 1 or fields.get("hash_buckets", 0) > 1):
+            raise ContractError(f"{at}: a sparse column needs `vocab` (ids 0..vocab-2) or `hash_buckets` (> 1)")
+        columns.append(Column(name=column, **fields))
+    if not columns:
+        raise ContractError(f"{where}: table {name} declares no columns")
+    return Table(name=name, columns=tuple(columns), doc=spec.get("doc", ""))
+
+
+def _view(where: str, name: str, spec: dict) -> FeatureView:
+    at = f"{where}: feature view {name}"
+    entities = tuple(spec.get("entities", ()))
+    if not entities or set(entities) - set(ENTITY_KEYS):
+        raise ContractError(f"{at}: entities {list(entities)} must be a non-empty subset of {list(ENTITY_KEYS)}")
+    statistics = tuple(spec.get("statistics", STATISTICS))
+    if set(statistics) - set(STATISTICS):
+        raise ContractError(f"{at}: statistics {sorted(set(statistics) - set(STATISTICS))} are not computed; "
+                            f"choose from {list(STATISTICS)}")  # fmt: skip
+    if not spec.get("prefix"):
+        raise ContractError(f"{at}: needs a column `prefix`")
+    return FeatureView(name=name, entities=entities, prefix=spec["prefix"], statistics=statistics)

@@ -1,0 +1,68 @@
+"""The data contract: the simulator's is the default, and a wrong contract stops at load, named."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from msmt import contract, schemas
+from msmt.contract import ContractError
+
+
+def test_the_default_contract_is_the_simulators_layout():
+    default = contract.load()
+    assert default.name == "simulator" and default.tasks == ("click", "conversion")
+    assert default.raw_keys["impressions"] == ("impression_id", "request_id", "ts", "user_id", "item_id", "scenario")
+    assert default.raw_keys["conversions"] == ("conversion_id", "click_id", "ts")  # `value` is no key
+    assert default.record_ids == {"impressions": "impression_id", "clicks": "click_id", "conversions": "conversion_id"}
+    assert default.raw_schema("impressions").field("hist_item_ids").type == pa.list_(pa.int64())
+    view = default.features["user_scenario_stats"]
+    assert view.key_columns == ("user_id", "scenario_id")
+    assert view.schema.names == ["user_id", "scenario_id", "us_impressions", "us_clicks", "us_conversions",
+                                 "us_ctr", "us_cvr", "event_timestamp", "created_timestamp"]  # fmt: skip
+    assert schemas.IMPRESSIONS.equals(default.raw_schema("impressions")) and schemas.CONTRACT.digest == default.digest
+
+
+def test_a_view_with_fewer_statistics_has_only_those_columns(tmp_path):
+    text = contract.DEFAULT.read_text().replace('prefix = "u"\n', 'prefix = "u"\nstatistics = ["clicks", "ctr"]\n')
+    trimmed = _write(tmp_path, text)
+    assert trimmed.features["user_stats"].value_columns == ["u_clicks", "u_ctr"]
+    assert trimmed.digest != contract.load().digest  # a model records which contract it was trained under
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("user_id = { type = \"int64\", role = \"user_key\" }", 'user_id = { type = "int46", role = "user_key" }'),
+         "table impressions, column user_id: type 'int46'"),
+        (('role = "sparse", vocab = 65, doc', 'role = "sparse", doc'),
+         "table impressions, column position: a sparse column needs `vocab`"),
+        (('scenario = { type = "string", role = "scenario",', 'scenario = { type = "string", role = "dense",'),
+         "table impressions needs exactly one column with role 'scenario'"),
+        (('entities = ["item", "scenario"]', 'entities = ["item", "shop"]'),
+         "feature view item_scenario_stats: entities ['item', 'shop']"),
+        (('[labels.click]\ntable = "clicks"', '[labels.click]\ntable = "taps"'),
+         "label 'click' names table 'taps'"),
+    ],
+)  # fmt: skip
+def test_a_wrong_contract_is_refused_naming_file_table_and_column(tmp_path, edit, message):
+    old, new = edit
+    text = contract.DEFAULT.read_text()
+    assert old in text
+    with pytest.raises(ContractError, match=re.escape(message)) as refused:
+        _write(tmp_path, text.replace(old, new, 1))
+    assert str(tmp_path / "mine.toml") in str(refused.value)
+
+
+def test_a_file_that_is_not_toml_is_refused(tmp_path):
+    with pytest.raises(ContractError, match="cannot be read as TOML"):
+        _write(tmp_path, "name = [unclosed")
+
+
+def _write(tmp_path: Path, text: str) -> contract.Contract:
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    return contract.load(path)
