@@ -47,6 +47,8 @@ class Settings:
     feature_window_days: int = 7  # trailing window of the user / item aggregates
     train_days: int = 3  # sample days the model trains on; the next day is held out
     max_quarantine_rate: float = 0.05  # a day with more malformed raw rows fails check_raw
+    max_out_of_vocab_rate: float = 0.01  # training stops when more ids of a sparse field fall outside its vocab
+    max_hash_collision_rate: float = 0.5  # … or more distinct values of a hashed field share a row
     drift_min_rows: int = 1000  # scenarios with fewer rows a day are not held to the volume / CTR bounds
     retry_delay_s: int = 300  # Airflow retry delay of the idempotent steps (late data, flaky storage)
     dag_start: str = "2026-01-01"  # msmt_daily's start_date: the first day it can run (imported logs: set earlier)

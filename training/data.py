@@ -9,8 +9,10 @@ Id encoding (id 0 is reserved everywhere for null / unknown / sequence padding):
 - `hashed_fields` and every string field: `1 + splitmix64(id) mod (vocab - 1)`;
   strings are dictionary-encoded first and only the distinct values hashed
   (blake2b), so codes are stable across processes and machines;
-- other integer fields (small categoricals such as position or hour): `1 + id mod (vocab - 1)`,
-  i.e. the identity for in-range ids, so small vocabularies never collide.
+- other integer fields (small categoricals such as position or hour): `1 + id` for ids in
+  `0 … vocab - 2`; an id outside its declared vocabulary is unknown (0), never wrapped onto
+  another id's row. `encoding_report` counts such ids and hash collisions, and training
+  stops when they pass the settings' bounds.
 """
 
 from __future__ import annotations
@@ -277,7 +279,27 @@ def _encode_column(column: pa.ChunkedArray | pa.Array, vocab: int, hashed: bool)
     values = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
     if hashed:
         return _hash_ids(values, valid, vocab)
-    return np.where(valid & (values >= 0), values % (vocab - 1) + 1, 0)
+    return np.where(valid & (values >= 0) & (values < vocab - 1), values + 1, 0)
+
+
+def encoding_report(table: pa.Table, spec: FeatureSpec) -> dict[str, dict[str, float]]:
+    """How faithfully each sparse field encodes `table`: `out_of_vocab`, the share of non-null ids outside
+    a declared vocabulary (encoded as unknown), and for hashed fields `collided`, the share of distinct
+    values that share their row with another value."""
+    report = {}
+    for name, vocab in zip(spec.sparse_fields, spec.vocab_sizes, strict=True):
+        column = _column(table, name)
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        distinct = pc.unique(column.drop_null())
+        if pa.types.is_string(column.type) or name in spec.hashed_fields:
+            codes = _encode_column(distinct, vocab, hashed=True)
+            shared = np.bincount(codes, minlength=vocab)[codes] > 1
+            report[name] = {"collided": float(shared.mean()) if len(codes) else 0.0}
+        else:
+            values = column.drop_null().cast(pa.int64()).to_numpy(zero_copy_only=False)
+            outside = (values < 0) | (values >= vocab - 1)
+            report[name] = {"out_of_vocab": float(outside.mean()) if len(values) else 0.0}
+    return report
 
 
 def _encode_seq(column: pa.ChunkedArray, seq_len: int, vocab: int) -> np.ndarray:

@@ -47,9 +47,10 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.models import infer_signature
 
 from msmt import schemas
+from msmt.errors import StopRun
 from msmt.settings import Settings
 from training import hparams
-from training.data import default_spec, encode, read_held_out, rows_per_day
+from training.data import default_spec, encode, encoding_report, read_held_out, rows_per_day
 from training.evaluate import score_cells
 from training.models import build_model
 from training.pyfunc import log_ranker
@@ -90,6 +91,8 @@ def train_model(
         raise ValueError(f"no training rows before {eval_ds} in {training_set_uri}")
     eval_table = read_held_out(settings, training_set_uri, eval_ds)
     spec = default_spec(len(settings.scenarios), settings.tasks)
+    encoding = encoding_report(eval_table, spec)
+    check_encoding(settings, encoding, f"{training_set_uri} ds={eval_ds}")
     eval_data = encode(eval_table, spec)  # the worker encodes the training days itself
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_name, spec, **model_overrides)
@@ -119,6 +122,7 @@ def train_model(
                 "contract.digest": schemas.CONTRACT.digest,  # the data contract the inputs were derived from
             }
         )
+        mlflow.log_metrics({f"encoding.{f}.{kind}": v for f, shares in encoding.items() for kind, v in shares.items()})
         contract = {k: getattr(schemas.CONTRACT, k) for k in ("name", "version", "digest", "source")}
         mlflow.log_dict({"contract": contract, "inputs": spec.inputs()}, "feature_spec.json")
         mlflow.log_input(_training_dataset(training_set_uri, eval_table, digest), context="training")
@@ -157,6 +161,25 @@ def train_model(
         "version": str(version.version),
         "metrics": metrics,
     }
+
+
+class EncodingError(StopRun):
+    """The model could not tell ids apart: too many outside a vocabulary, or sharing hashed rows."""
+
+
+def check_encoding(settings: Settings, report: dict[str, dict[str, float]], where: str) -> None:
+    """Stop before training when a sparse field's encoding loses more than the settings allow."""
+    failures = []
+    for name, shares in report.items():
+        if shares.get("out_of_vocab", 0.0) > settings.max_out_of_vocab_rate:
+            failures.append(f"{name}: {shares['out_of_vocab']:.1%} of its ids are outside its vocabulary "
+                            f"(max {settings.max_out_of_vocab_rate:.1%}): declare a larger `vocab` in the data "
+                            "contract, or `hash_buckets`")  # fmt: skip
+        if shares.get("collided", 0.0) > settings.max_hash_collision_rate:
+            failures.append(f"{name}: {shares['collided']:.1%} of its distinct values share a hashed row "
+                            f"(max {settings.max_hash_collision_rate:.1%}): give it more rows")  # fmt: skip
+    if failures:
+        raise EncodingError(f"{where}: " + "; ".join(failures))
 
 
 def checkpoint_dir(

@@ -21,6 +21,7 @@ from training.data import (
     TensorData,
     default_spec,
     encode,
+    encoding_report,
     load_split,
     read_held_out,
     read_training_set,
@@ -88,6 +89,28 @@ def test_encode_shapes_ranges_and_nulls(spec):
     first, second, third = data.group[0::2].tolist()  # request_id-0, -1, -2: two rows each
     assert torch.equal(data.group, torch.tensor([first, first, second, second, third, third]))
     assert len({first, second, third}) == 3 and min(first, second, third) >= 0
+
+
+def test_an_id_outside_its_vocabulary_is_unknown_never_another_ids_row(spec):
+    rows = spec.vocab("position")  # ids 0 .. rows-2 are the identity shifted past 0
+    table = training_table()
+    table = table.set_column(
+        table.schema.get_field_index("position"),
+        "position",
+        pa.array([0, rows - 2, rows - 1, rows + 5, -1, None], pa.int32()),
+    )
+    assert encode(table, spec).sparse[:, spec.sparse_fields.index("position")].tolist() == [1, rows - 1, 0, 0, 0, 0]
+    report = encoding_report(table, spec)
+    assert report["position"]["out_of_vocab"] == pytest.approx(3 / 5)  # of the non-null ids
+    assert report["user_segment"]["out_of_vocab"] == 0.0 and 0.0 <= report["user_id"]["collided"] < 1.0
+
+
+def test_colliding_hashed_ids_are_counted():
+    tiny = FeatureSpec(sparse_fields=["user_id", "item_id"], vocab_sizes=[3, 1000], dense_fields=[], seq_field=None)
+    table = pa.table({"user_id": pa.array(range(50), pa.int64()), "item_id": pa.array([7] * 50, pa.int64())})
+    report = encoding_report(table, tiny)
+    assert report["user_id"]["collided"] == 1.0  # 50 ids in 2 rows: every one shares
+    assert report["item_id"]["collided"] == 0.0  # one distinct id alone in its row
 
 
 def test_encoding_in_pieces_gives_the_same_tensors(spec):
@@ -194,3 +217,13 @@ def test_read_and_split_by_day(tmp_path):
         )
     with pytest.raises(ValueError, match="no rows"):
         load_split(Settings(), str(root), spec, "2030-01-01")
+
+
+def test_training_stops_when_an_encoding_loses_more_than_the_settings_allow():
+    from training.train import EncodingError, check_encoding
+
+    settings = Settings(max_out_of_vocab_rate=0.01, max_hash_collision_rate=0.5)
+    check_encoding(settings, {"position": {"out_of_vocab": 0.01}, "user_id": {"collided": 0.5}}, "set")  # at the bounds
+    lossy = {"position": {"out_of_vocab": 0.02}, "user_id": {"collided": 0.6}}
+    with pytest.raises(EncodingError, match=r"^set: position: 2\.0% of its ids are outside .*; user_id: 60\.0% of"):
+        check_encoding(settings, lossy, "set")
