@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from msmt import lake, schemas, storage
+from msmt import contract, lake, schemas, storage
 from msmt.errors import StopRun
 from msmt.settings import Settings
 
@@ -284,8 +284,9 @@ def _column_failures(where: str) -> Explain:
 
 
 TYPE_HINT = (
-    "the contract is msmt/schemas.py; pandas writes ns timestamps and int64 / float64 numbers:"
-    " pyarrow's `table.cast(contract)` before writing converts what converts losslessly"
+    f"the contract is {schemas.CONTRACT.source}; pandas writes ns timestamps and int64 / float64 numbers:"
+    " pyarrow's `table.cast(msmt.schemas.IMPRESSIONS)` (or CLICKS, CONVERSIONS) before writing converts what"
+    " converts losslessly"
 )
 
 
@@ -567,28 +568,21 @@ def check_raw(settings: Settings, ds: str) -> dict:
         if loaded is None:
             continue
 
-        def values(gxe, intact: set[str], name: str = name) -> list:
-            checks = [
-                gxe.ExpectColumnValuesToNotBeNull(column=c, mostly=mostly)
-                for c in schemas.RAW_KEYS[name]
-                if c in intact
-            ]
-            if "ts" in intact:
-                checks.append(
-                    gxe.ExpectColumnValuesToBeBetween(
-                        column="ts", min_value=start, max_value=end, strict_max=True, mostly=mostly
-                    )
-                )
-            if name == "impressions" and "position" in intact:
-                checks.append(gxe.ExpectColumnValuesToBeBetween(column="position", min_value=0, mostly=mostly))
-            if name == "impressions" and "scenario" in intact:
-                checks.append(
-                    gxe.ExpectColumnValuesToBeInSet(
-                        column="scenario", value_set=list(settings.scenarios), mostly=mostly
-                    )
-                )
-            if name == "conversions" and "value" in intact:
-                checks.append(gxe.ExpectColumnValuesToBeBetween(column="value", min_value=0, mostly=mostly))
+        def values(gxe, intact: set[str], table: contract.Table = schemas.CONTRACT.tables[name]) -> list:
+            """The contract's rules for one raw table: keys present, times inside the day, declared ranges."""
+            checks = []
+            for c in (c for c in table.columns if c.name in intact):
+                if c.name in table.keys:
+                    checks.append(gxe.ExpectColumnValuesToNotBeNull(column=c.name, mostly=mostly))
+                if c.role == "event_time":
+                    day = {"min_value": start, "max_value": end, "strict_max": True}
+                    checks.append(gxe.ExpectColumnValuesToBeBetween(column=c.name, mostly=mostly, **day))
+                if c.role == "scenario":
+                    allowed = list(settings.scenarios)
+                    checks.append(gxe.ExpectColumnValuesToBeInSet(column=c.name, value_set=allowed, mostly=mostly))
+                if c.min is not None or c.max is not None:
+                    bounds = {"min_value": c.min, "max_value": c.max}
+                    checks.append(gxe.ExpectColumnValuesToBeBetween(column=c.name, mostly=mostly, **bounds))
             return checks
 
         frame = _validate_table(run, name, where, loaded, schemas.RAW[name], values)

@@ -71,6 +71,8 @@ class Column:
     doc: str = ""
     vocab: int = 0  # sparse integers: ids 0..vocab-2 get their own row (0 = null)
     hash_buckets: int = 0  # sparse strings / unbounded ids: hashed into this many rows
+    min: float | None = None  # declared range of a numeric column (the raw check enforces it)
+    max: float | None = None
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -196,7 +198,7 @@ def _table(where: str, name: str, spec: dict) -> Table:
     columns = []
     for column, fields in spec.get("columns", {}).items():
         at = f"{where}: table {name}, column {column}"
-        unknown = set(fields) - {"type", "role", "doc", "vocab", "hash_buckets"}
+        unknown = set(fields) - {"type", "role", "doc", "vocab", "hash_buckets", "min", "max"}
         if unknown:
             raise ContractError(f"{at}: unknown field(s) {sorted(unknown)}")
         if fields.get("type") not in TYPES:
@@ -205,6 +207,11 @@ def _table(where: str, name: str, spec: dict) -> Table:
             raise ContractError(f"{at}: role {fields.get('role')!r} is not one of {list(ROLES)}")
         if fields["role"] == "sparse" and not (fields.get("vocab", 0) > 1 or fields.get("hash_buckets", 0) > 1):
             raise ContractError(f"{at}: a sparse column needs `vocab` (ids 0..vocab-2) or `hash_buckets` (> 1)")
+        bounded = {"min", "max"} & set(fields)
+        if bounded and not pa.types.is_integer(TYPES[fields["type"]]) and fields["type"] != "float64":
+            raise ContractError(
+                f"{at}: {'/'.join(sorted(bounded))} on a {fields['type']} column; only numbers have ranges"
+            )
         columns.append(Column(name=column, **fields))
     if not columns:
         raise ContractError(f"{where}: table {name} declares no columns")

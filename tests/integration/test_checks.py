@@ -97,7 +97,7 @@ def test_check_raw_fails_readably_on_a_schema_broken_file(settings):
         f"{where}: column user_id is string, not int64",  # the contract's type, named
         f"{where}: columns differ from the contract: missing hist_item_ids; not in the contract history",
     ]
-    assert all(line in str(failure.value) for line in lines) and "msmt/schemas.py" in str(failure.value)
+    assert all(line in str(failure.value) for line in lines) and "contracts/simulator.toml" in str(failure.value)
     result = stored(settings, "raw", DS)
     assert not result["success"] and result["failed"] == lines
     assert any("no trailing day found" in note for note in result["notes"])

@@ -47,7 +47,7 @@ def test_simulator_writes_the_lake_through_storage(lake_settings):
 @pytest.mark.parametrize("rebuild", [False, True])
 def test_the_catch_up_sees_what_the_lake_holds(lake_settings, rebuild):
     """Days already built (and checked) are skipped on S3 as on disk; `rebuild` takes them all again."""
-    from msmt import lake
+    from msmt import lake, schemas
     from pipeline import steps
 
     plan = steps.plan_day(lake_settings, "2026-01-10", rebuild)
@@ -55,7 +55,8 @@ def test_the_catch_up_sees_what_the_lake_holds(lake_settings, rebuild):
     storage.write_json(lake_settings, lake.check_result(lake_settings, "samples", first), {"success": True})
     storage.write_json(lake_settings, lake.check_result(lake_settings, "samples", second), {"success": False})
     part = pa.table({"user_id": [1]})
-    storage.write_parquet(lake_settings, f"{lake.features(lake_settings, 'user_stats', third)}/part-0.parquet", part)
+    for view, day in [*((v, third) for v in schemas.FEATURES), ("user_stats", first)]:  # first: one view only
+        storage.write_parquet(lake_settings, f"{lake.features(lake_settings, view, day)}/part-0.parquet", part)
 
     everything = [*plan.train_days, plan.sample_ds]
     assert steps.samples_to_build(lake_settings, plan) == (everything if rebuild else [second, third, plan.sample_ds])

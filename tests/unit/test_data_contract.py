@@ -19,6 +19,7 @@ def test_the_default_contract_is_the_simulators_layout():
     assert default.raw_keys["conversions"] == ("conversion_id", "click_id", "ts")  # `value` is no key
     assert default.record_ids == {"impressions": "impression_id", "clicks": "click_id", "conversions": "conversion_id"}
     assert default.raw_schema("impressions").field("hist_item_ids").type == pa.list_(pa.int64())
+    assert (default.column("impressions", "position").min, default.column("conversions", "value").min) == (0, 0)
     view = default.features["user_scenario_stats"]
     assert view.key_columns == ("user_id", "scenario_id")
     assert view.schema.names == ["user_id", "scenario_id", "us_impressions", "us_clicks", "us_conversions",
@@ -38,7 +39,7 @@ def test_a_view_with_fewer_statistics_has_only_those_columns(tmp_path):
     [
         (("user_id = { type = \"int64\", role = \"user_key\" }", 'user_id = { type = "int46", role = "user_key" }'),
          "table impressions, column user_id: type 'int46'"),
-        (('role = "sparse", vocab = 65, doc', 'role = "sparse", doc'),
+        (('role = "sparse", vocab = 65, min = 0,', 'role = "sparse", min = 0,'),
          "table impressions, column position: a sparse column needs `vocab`"),
         (('scenario = { type = "string", role = "scenario",', 'scenario = { type = "string", role = "dense",'),
          "table impressions needs exactly one column with role 'scenario'"),
@@ -46,6 +47,8 @@ def test_a_view_with_fewer_statistics_has_only_those_columns(tmp_path):
          "feature view item_scenario_stats: entities ['item', 'shop']"),
         (('[labels.click]\ntable = "clicks"', '[labels.click]\ntable = "taps"'),
          "label 'click' names table 'taps'"),
+        (('device = { type = "string", role = "sparse",', 'device = { type = "string", role = "sparse", min = 0,'),
+         "table impressions, column device: min on a string column"),
     ],
 )  # fmt: skip
 def test_a_wrong_contract_is_refused_naming_file_table_and_column(tmp_path, edit, message):
