@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.data import FeatureSpec
-from training.layers import MLP, FeatureEmbedding, GradientReversal, ParallelMLP
+from training.layers import MLP, FeatureEmbedding, GradientReversal, ParallelMLP, ScenarioChunks, run_networks
 from training.models.base import ModelConfig, MsmtModel
 
 _ORTH_FORMS = ("sample", "batch")
@@ -217,12 +217,19 @@ class CausalInt(MsmtModel):
         return CausalIntRepresentations(h_inv, h_s, self.transnet(h_all, h_s, scenario), u_inv, u_s, a_inv)
 
     def tower_logits(self, reps: CausalIntRepresentations, scenario: torch.Tensor) -> torch.Tensor:
-        """Representations, scenario `(B,)` → logits `(B, T)` of the row's own scenario towers (Tower_{s,t})."""
-        out = self.towers(torch.cat([reps.h_inv, reps.h_s, reps.h_tr], dim=-1)).squeeze(-1)  # (B, n_towers)
-        if self.config.scenario_towers:
-            out = out.view(-1, self.spec.n_scenarios, self.n_tasks)  # (B, S, T)
-            out = out[torch.arange(out.shape[0], device=out.device), scenario]  # (B, T)
-        return out
+        """Representations, scenario `(B,)` → logits `(B, T)` of the row's own scenario towers (Tower_{s,t}).
+
+        With scenario towers, rows are grouped by scenario and each group runs only its scenario's
+        T towers (not all S·T), with no host sync (`ScenarioChunks`).
+        """
+        x = torch.cat([reps.h_inv, reps.h_s, reps.h_tr], dim=-1)  # (B, 3D)
+        if not self.config.scenario_towers:
+            return self.towers(x).squeeze(-1)  # (B, T)
+        chunks = ScenarioChunks(scenario, self.spec.n_scenarios)
+        tasks = torch.arange(self.n_tasks, device=x.device)  # (T,)
+        index = chunks.owner[:, None] * self.n_tasks + tasks  # (K, T): tower s·T + t
+        out = run_networks(self.towers, chunks.pad(x), index)  # (K, T, c, 1)
+        return chunks.unpad(out.squeeze(-1).transpose(1, 2))  # (B, T)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """batch (see `TensorData.batches`) → logits `(B, T)` from the row's scenario towers."""

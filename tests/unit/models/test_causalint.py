@@ -201,6 +201,17 @@ def test_causalint_each_row_reads_its_own_scenario_tower(j, t):
     assert torch.equal(shift[~own], torch.zeros_like(shift[~own])) and torch.equal(shift[:, 1 - t], torch.zeros(24))
 
 
+def test_causalint_runs_only_the_rows_own_towers_with_the_values_of_all_towers():
+    model = build_model("causalint", SPEC, emb_dim=4).eval()
+    b = batch(24)
+    reps = model.representations(b)
+    every = model.towers(torch.cat([reps.h_inv, reps.h_s, reps.h_tr], dim=-1)).squeeze(-1)  # (B, S*T): all towers
+    own = every.view(24, SPEC.n_scenarios, len(SPEC.tasks))[torch.arange(24), b["scenario"]]  # (B, T)
+    assert torch.allclose(model.tower_logits(reps, b["scenario"]), own, atol=1e-6)
+    with no_host_sync():
+        model.train()(b).sum().backward()
+
+
 @pytest.mark.parametrize("j", range(3))
 def test_causalint_scenario_network_is_h_s_for_its_rows_and_a_counterfactual_for_the_rest(j):
     model = build_model("causalint", SPEC, emb_dim=4).eval()
