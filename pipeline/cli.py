@@ -183,6 +183,22 @@ def rollback() -> None:
 
 
 @app.command()
+def history() -> None:
+    """The champion, the previous champion and every alias move (who, when, why)."""
+    from pipeline.history import history_lines
+
+    typer.echo("\n".join(history_lines(_settings())))
+
+
+@app.command()
+def status(last: Annotated[int, typer.Option(help="how many judged days")] = 14) -> None:
+    """Each judged day's gate verdict: challenger, champion, cells passed / failed / advisory."""
+    from pipeline.history import status_lines
+
+    typer.echo("\n".join(status_lines(_settings(), last)))
+
+
+@app.command()
 def models() -> None:
     """List the model zoo."""
     from training.models import REGISTRY

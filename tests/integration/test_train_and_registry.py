@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 
 from msmt import lake, schemas
 from msmt.settings import Settings
+from pipeline.history import history_lines, status_lines
 from training.promotion import (
     PromotionError,
     alias_history,
@@ -249,3 +250,14 @@ def test_gate_promotes_refuses_and_rolls_back(env, capsys):
         ("previous_champion", None),
     ]
     assert history[-2]["by"] == "test" and "bad online metrics" in history[-2]["why"]
+
+    told = history_lines(settings)  # `msmt history`
+    assert told[0] == f"{name}: champion v{v1}, previous_champion none" and len(told) == 2 + len(history)
+    assert f"v{v2} → v{v1}" in told[-2] and "rollback: bad online metrics" in told[-2]
+    header, day = status_lines(settings)  # `msmt status`: the one held-out day these gates judged
+    assert header.startswith("held-out day") and day.split()[0] == EVAL_DS and day.split()[1] in {"passed", "rejected"}
+
+
+def test_history_and_status_say_when_nothing_happened_yet(settings):
+    assert history_lines(settings) == [f"{settings.registered_model}: no alias has moved yet (no promotion)"]
+    assert status_lines(settings) == ["no day has been judged yet (no gate report in the lake)"]
