@@ -64,7 +64,7 @@ PATHS = ("msmt", "rows", "columns")
 
 def bench_spec(n_sparse: int) -> FeatureSpec:
     """msmt's default spec, widened with hashed id fields to `n_sparse` sparse fields."""
-    spec = default_spec(4, ("click", "conversion"))
+    spec = default_spec(4)
     extra = [f"extra_{i}" for i in range(max(0, n_sparse - len(spec.sparse_fields)))]
     return replace(spec, sparse_fields=spec.sparse_fields + extra, vocab_sizes=spec.vocab_sizes + [2**16] * len(extra))
 

@@ -68,7 +68,7 @@ def train_one(args: tuple) -> dict:
     from training.trainer import TrainConfig, fit
 
     train_table, eval_table = split_by_day(read_training_set(settings, training_set), eval_ds)
-    spec = default_spec(len(settings.scenarios), settings.tasks)
+    spec = default_spec(len(settings.scenarios))
     train, held_out = encode(train_table, spec), encode(eval_table, spec)
     torch.manual_seed(seed)
     model = build_model(name, spec)

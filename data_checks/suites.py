@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from msmt import contract, lake, schemas, storage
+from msmt import contract, lake, storage
 from msmt.errors import StopRun
 from msmt.settings import Settings
 
@@ -40,7 +40,6 @@ log = logging.getLogger("msmt.checks")
 TRAILING_DAYS = 7  # drift is measured against the mean of up to this many earlier days
 VOLUME_RATIO = (0.5, 2.0)  # today's rows / trailing mean, per scenario
 CTR_RATIO = (0.33, 3.0)  # today's CTR / trailing mean CTR, per scenario
-SAMPLES_WITH_PARTITION = schemas.SAMPLES.append(pa.field("scenario", pa.string()))
 # Quarantined for arriving after the attribution window: the window is a choice, late conversions
 # are normal (the simulator's are ~7% of a day's), so they are counted in the result, not bounded.
 UNBOUNDED_REASONS = frozenset({"after_attribution_window"})
@@ -136,7 +135,7 @@ Explain = Callable[[dict], list[str]]  # a failed outcome -> its readable lines
 class _Run:
     """One GX ephemeral context collecting the outcomes of every batch validated for one check."""
 
-    def __init__(self, suite: str, ds: str) -> None:
+    def __init__(self, suite: str, ds: str, contract_source: str) -> None:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -147,6 +146,7 @@ class _Run:
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         self.source = self.context.data_sources.add_pandas("msmt")
         self.suite, self.ds = suite, ds
+        self.contract_source = contract_source  # named when a column's type differs from it
         self.outcomes: list[dict] = []
         self.notes: list[str] = []
         self.sections: dict[str, object] = {}  # extra result keys (the quarantine shares)
@@ -284,9 +284,8 @@ def _column_failures(where: str) -> Explain:
 
 
 TYPE_HINT = (
-    f"the contract is {schemas.CONTRACT.source}; pandas writes ns timestamps and int64 / float64 numbers:"
-    " pyarrow's `table.cast(msmt.schemas.IMPRESSIONS)` (or CLICKS, CONVERSIONS) before writing converts what"
-    " converts losslessly"
+    "pandas writes ns timestamps and int64 / float64 numbers: pyarrow's "
+    "`table.cast(settings.data_contract.raw_schema(table))` before writing converts what converts losslessly"
 )
 
 
@@ -325,7 +324,7 @@ def _validate_table(
     differs = [f"{where}: column {c} is {kind}, not {_type_name(expected.field(c).type)}"
                for c, kind in typed.items() if kind != _type_name(expected.field(c).type)]  # fmt: skip
     if differs:
-        run.notes.append(f"{where}: {TYPE_HINT}")
+        run.notes.append(f"{where}: the contract is {run.contract_source}; {TYPE_HINT}")
     on_data, on_schema = _schema_expectations(gxe, expected)
     frame = table.to_pandas()
     schema_frame = pd.DataFrame({"column_type": [f"{c}: {t}" for c, t in typed.items()]})
@@ -557,7 +556,7 @@ def check_raw(settings: Settings, ds: str) -> dict:
     Raises DataCheckError (after storing the result) when a partition is missing,
     empty or unreadable, or an expectation fails.
     """
-    run = _Run("raw", ds)
+    run = _Run("raw", ds, settings.data_contract.source)
     start, end = _day_bounds(ds)
     mostly = 1 - settings.max_quarantine_rate
     impressions = None
@@ -568,7 +567,7 @@ def check_raw(settings: Settings, ds: str) -> dict:
         if loaded is None:
             continue
 
-        def values(gxe, intact: set[str], table: contract.Table = schemas.CONTRACT.tables[name]) -> list:
+        def values(gxe, intact: set[str], table: contract.Table = settings.data_contract.tables[name]) -> list:
             """The contract's rules for one raw table: keys present, times inside the day, declared ranges."""
             checks = []
             for c in (c for c in table.columns if c.name in intact):
@@ -585,7 +584,7 @@ def check_raw(settings: Settings, ds: str) -> dict:
                     checks.append(gxe.ExpectColumnValuesToBeBetween(column=c.name, mostly=mostly, **bounds))
             return checks
 
-        frame = _validate_table(run, name, where, loaded, schemas.RAW[name], values)
+        frame = _validate_table(run, name, where, loaded, settings.data_contract.raw_schema(name), values)
         if name == "impressions" and "scenario" in frame:
             impressions = frame
     summary = None
@@ -603,17 +602,20 @@ def check_samples(settings: Settings, sample_ds: str) -> dict:
 
     Returns the stored result dict; raises DataCheckError (after storing it) on failure.
     """
-    run = _Run("samples", sample_ds)
+    run = _Run("samples", sample_ds, settings.data_contract.source)
     start, end = _day_bounds(sample_ds)
     where = f"samples ds={sample_ds}"
     ids = list(settings.scenario_ids.values())
 
+    layout = settings.data_contract
+    click, conversion = layout.tasks
+
     def values(gxe, intact: set[str]) -> list:
-        checks = [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in schemas.SAMPLE_KEYS if c in intact]
+        checks = [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in contract.SAMPLE_KEYS if c in intact]
         ranges = {
-            "click": gxe.ExpectColumnValuesToBeInSet(column="click", value_set=[0, 1]),
-            "conversion": gxe.ExpectColumnValuesToBeInSet(column="conversion", value_set=[0, 1]),
-            "position": gxe.ExpectColumnValuesToBeBetween(column="position", min_value=0),
+            **{task: gxe.ExpectColumnValuesToBeInSet(column=task, value_set=[0, 1]) for task in layout.tasks},
+            **{c.name: gxe.ExpectColumnValuesToBeBetween(column=c.name, min_value=c.min, max_value=c.max)
+               for c in layout.inputs() if c.min is not None or c.max is not None},
             "hour": gxe.ExpectColumnValuesToBeBetween(column="hour", min_value=0, max_value=23),
             "scenario_id": gxe.ExpectColumnValuesToBeInSet(column="scenario_id", value_set=ids),
             "impression_id": gxe.ExpectColumnValuesToBeUnique(column="impression_id"),
@@ -623,21 +625,22 @@ def check_samples(settings: Settings, sample_ds: str) -> dict:
             "scenario": gxe.ExpectColumnDistinctValuesToContainSet(
                 column="scenario", value_set=list(settings.scenarios)
             ),
-        }
+        }  # fmt: skip
         checks += [check for column, check in ranges.items() if column in intact]
-        if {"click", "conversion"} <= intact:
+        if {click, conversion} <= intact:
             checks.append(
-                gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="click", column_B="conversion", or_equal=True)
+                gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A=click, column_B=conversion, or_equal=True)
             )
         return checks
 
     summary = None
     loaded = _load(settings, run, "samples", where, lake.samples(settings, sample_ds))
     if loaded is not None:
-        frame = _validate_table(run, "samples", where, loaded, SAMPLES_WITH_PARTITION, values)
-        if {"scenario", "click"} <= set(frame.columns):
-            trailing = _trailing(run, settings, "samples", sample_ds, ["scenario", "click"])
-            summary = _summary(frame, trailing, settings.scenarios, label="click")
+        expected = layout.samples_schema.append(pa.field("scenario", pa.string()))  # the partition column
+        frame = _validate_table(run, "samples", where, loaded, expected, values)
+        if {"scenario", click} <= set(frame.columns):
+            trailing = _trailing(run, settings, "samples", sample_ds, ["scenario", click])
+            summary = _summary(frame, trailing, settings.scenarios, label=click)
             _drift(run, where, summary, sorted(trailing), with_ctr=True, min_rows=settings.drift_min_rows)
     _check_quarantine(settings, run, sample_ds)
     return run.finish(settings, summary)

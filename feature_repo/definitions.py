@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pyarrow as pa
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.data_format import ParquetFormat
 from feast.types import Float64, Int64, PrimitiveFeastType
 
-from msmt import lake, schemas
+from msmt import lake
 from msmt.settings import Settings
-
-FEATURE_SERVICE = "ranker_v1"
 
 # A day's aggregates stay usable for two days: a late features job falls back
 # to yesterday's values instead of nulls, anything older counts as missing.
@@ -32,8 +31,8 @@ _DESCRIPTIONS = {
 }
 
 
-def _feast_type(column: str) -> PrimitiveFeastType:
-    return Float64 if column.endswith(("_ctr", "_cvr")) else Int64
+def _feast_type(kind: pa.DataType) -> PrimitiveFeastType:
+    return Int64 if pa.types.is_integer(kind) else Float64
 
 
 def definitions(settings: Settings) -> list[object]:
@@ -48,8 +47,9 @@ def definitions(settings: Settings) -> list[object]:
     )
     entities = {"user": user, "item": item, "scenario": scenario}
 
+    contract = settings.data_contract
     views = []
-    for view, spec in schemas.CONTRACT.features.items():  # declared in the data contract
+    for view, spec in contract.features.items():  # declared in the data contract
         source = FileSource(
             name=f"{view}_source",
             path=f"{lake.features(settings, view)}/ds=*/*.parquet",  # every day's partition
@@ -64,8 +64,10 @@ def definitions(settings: Settings) -> list[object]:
                 entities=[entities[key] for key in spec.entities],
                 ttl=FEATURE_TTL,
                 schema=[
-                    Field(name=column, dtype=_feast_type(column), description=_DESCRIPTIONS[column.split("_", 1)[1]])
-                    for column in schemas.feature_columns(view)
+                    Field(
+                        name=column, dtype=_feast_type(spec.schema.field(column).type), description=_DESCRIPTIONS[stat]
+                    )
+                    for stat, column in zip(spec.statistics, spec.value_columns, strict=True)
                 ],
                 online=True,
                 source=source,
@@ -73,5 +75,10 @@ def definitions(settings: Settings) -> list[object]:
             )
         )
     # The model contract: the trainer and the online scorer fetch exactly these.
-    service = FeatureService(name=FEATURE_SERVICE, features=views, tags={"owner": "msmt"})
+    service = FeatureService(
+        name=contract.feature_service,
+        features=views,
+        tags={"owner": "msmt", "contract": contract.name, "contract.digest": contract.digest},
+        description=f"the ranker's features under contract {contract.source}",
+    )
     return [*entities.values(), *views, service]

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 
-from msmt import lake, schemas, storage
+from msmt import lake, storage
 from msmt.settings import Settings
 
 log = logging.getLogger("msmt.features")
@@ -98,7 +98,7 @@ def publish(settings: Settings, days: list[str]) -> dict:
     first, last = min(days), max(days)
     store.materialize(_day_start(first), _day_start(last) + dt.timedelta(seconds=1))
     log.info("feast: applied %s and materialised %s … %s", FEATURE_REPO.name, first, last)
-    return {"feature_service": "ranker_v1", "materialized": [first, last]}
+    return {"feature_service": settings.data_contract.feature_service, "materialized": [first, last]}
 
 
 TRAINING_SET_ROW_GROUP = 131_072  # rows per parquet row group of a training set
@@ -114,7 +114,7 @@ def read_samples(settings: Settings, days: list[str]) -> pa.Table:
         table = storage.dataset(settings, path, partitioning="hive").to_table()
         table = table.drop_columns([c for c in ("scenario",) if c in table.column_names])
         tables.append(table.append_column("ds", pa.array([sample_ds] * table.num_rows, pa.string())))
-    return pa.concat_tables(tables).cast(_with_ds(schemas.SAMPLES))
+    return pa.concat_tables(tables).cast(_with_ds(settings.data_contract.samples_schema))
 
 
 def _with_ds(schema: pa.Schema) -> pa.Schema:
@@ -122,26 +122,20 @@ def _with_ds(schema: pa.Schema) -> pa.Schema:
 
 
 def build_training_set(settings: Settings, sample_days: list[str], out_ds: str) -> str:
-    """Point-in-time join of the samples of `sample_days` with the `ranker_v1` features.
+    """Point-in-time join of the samples of `sample_days` with the contract's feature service.
 
     Only the entity columns travel through Feast; the full sample rows are
     joined back on `impression_id`. Written to `training_sets/ds=<out_ds>/`.
     """
-    from feature_repo.definitions import FEATURE_SERVICE
-
+    views = settings.data_contract.features.values()
     samples = read_samples(settings, sample_days)
     entity_df = samples.select(ENTITY_COLUMNS).to_pandas()
     store = feature_store(settings)
-    job = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(FEATURE_SERVICE))
-    joined = job.to_df()
-    feature_cols = [c for view in schemas.FEATURES for c in schemas.feature_columns(view)]
-    features = pa.Table.from_pandas(joined[["impression_id", *feature_cols]], preserve_index=False)
-    features = features.cast(
-        pa.schema(
-            [pa.field("impression_id", pa.string())]
-            + [schemas.FEATURES[v].field(c) for v in schemas.FEATURES for c in schemas.feature_columns(v)]
-        )
-    )
+    service = store.get_feature_service(settings.data_contract.feature_service)
+    joined = store.get_historical_features(entity_df=entity_df, features=service).to_df()
+    feature_fields = [view.schema.field(column) for view in views for column in view.value_columns]
+    features = pa.Table.from_pandas(joined[["impression_id", *(f.name for f in feature_fields)]], preserve_index=False)
+    features = features.cast(pa.schema([pa.field("impression_id", pa.string()), *feature_fields]))
     # Feast returns one row per entity row; align on impression_id (pyarrow joins can't carry list columns).
     samples, features = samples.sort_by("impression_id"), features.sort_by("impression_id")
     if not samples["impression_id"].equals(features["impression_id"]):
@@ -155,6 +149,6 @@ def build_training_set(settings: Settings, sample_days: list[str], out_ds: str) 
     # groups, and the trainer encodes group by group instead of decoding the whole file at once.
     table = table.sort_by([("ds", "ascending"), ("impression_id", "ascending")])
     storage.write_parquet(settings, f"{out}/part-0.parquet", table, row_group_size=TRAINING_SET_ROW_GROUP)
-    coverage = {c: 1 - table[c].null_count / max(table.num_rows, 1) for c in ("u_ctr", "i_ctr", "us_ctr", "is_ctr")}
+    coverage = {v.name: 1 - table[v.value_columns[0]].null_count / max(table.num_rows, 1) for v in views}
     log.info("training set %s: %d rows, feature coverage %s", out, table.num_rows, coverage)
     return out

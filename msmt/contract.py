@@ -14,6 +14,7 @@ before any job reads a byte.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tomllib
 from dataclasses import dataclass
@@ -43,12 +44,39 @@ REQUIRED_ROLES = {
     "clicks": ("record_id", "impression_id", "event_time"),
     "conversions": ("record_id", "click_id", "event_time"),
 }
+# The name a key role's column takes once read, whatever the contract calls it: the Spark jobs
+# and the samples speak this vocabulary, so a team's `search_id` is the jobs' `request_id`.
+CANONICAL = {
+    "impressions": {
+        "impression_id": "impression_id",
+        "request_id": "request_id",
+        "event_time": "ts",
+        "user_key": "user_id",
+        "item_key": "item_id",
+        "scenario": "scenario",
+    },
+    "clicks": {"record_id": "click_id", "impression_id": "impression_id", "event_time": "ts"},
+    "conversions": {"record_id": "conversion_id", "click_id": "click_id", "event_time": "ts", "value": "value"},
+}
+# Roles whose columns reach the model, under their own names.
+INPUT_ROLES = ("sparse", "dense", "sequence")
+FROM_DATA = "data"  # `vocab = "data"`: sized from the training days' largest id (feature_spec.json records it)
 # The samples' column of each feature entity (build_samples writes them).
 ENTITY_KEYS = {
     "user": ("user_id", pa.int64()),
     "item": ("item_id", pa.int64()),
     "scenario": ("scenario_id", pa.int64()),
 }
+# The samples: these keys, then the contract's input columns (own names), the derived ones, the labels.
+SAMPLE_KEYS = {
+    "impression_id": pa.string(),
+    "request_id": pa.string(),
+    "event_timestamp": TS,
+    "user_id": pa.int64(),
+    "item_id": pa.int64(),
+    "scenario_id": pa.int64(),
+}
+DERIVED = {"hour": (pa.int32(), 25)}  # hour of the event time (UTC): type, vocab
 STATISTICS = {
     "impressions": pa.int64(),
     "clicks": pa.int64(),  # distinct clicked impressions
@@ -69,7 +97,7 @@ class Column:
     type: str  # a key of TYPES
     role: str  # one of ROLES
     doc: str = ""
-    vocab: int = 0  # sparse integers: ids 0..vocab-2 get their own row (0 = null)
+    vocab: int | str = 0  # sparse integers: ids 0..vocab-2 get their own row (0 = null); or FROM_DATA
     hash_buckets: int = 0  # sparse strings / unbounded ids: hashed into this many rows
     min: float | None = None  # declared range of a numeric column (the raw check enforces it)
     max: float | None = None
@@ -148,8 +176,46 @@ class Contract:
     def tasks(self) -> tuple[str, ...]:
         return tuple(self.labels)
 
+    @property
+    def feature_service(self) -> str:
+        """The Feast feature service of this contract version: a changed contract is a new service, never
+        an old one silently changing shape under a registered model."""
+        return f"ranker_{self.name}_{self.digest[:12]}"
+
+    def inputs(self, *roles: str) -> tuple[Column, ...]:
+        """The impressions' columns that feed the model (`roles`: some of INPUT_ROLES), in declared order."""
+        return tuple(c for c in self.tables["impressions"].columns if c.role in (roles or INPUT_ROLES))
+
+    @property
+    def samples_schema(self) -> pa.Schema:
+        """One row per impression: keys, the input columns, the derived columns, a 0/1 int per task."""
+        return pa.schema(
+            [
+                *SAMPLE_KEYS.items(),
+                *((c.name, c.arrow_type) for c in self.inputs()),
+                *((name, kind) for name, (kind, _) in DERIVED.items()),
+                *((task, pa.int32()) for task in self.tasks),
+            ]
+        )
+
+    def canonical_names(self, table: str) -> dict[str, str]:
+        """Raw column name -> the name the jobs read it by (key roles renamed, other columns as they are)."""
+        roles = CANONICAL[table]
+        return {c.name: roles.get(c.role, c.name) for c in self.tables[table].columns}
+
     def column(self, table: str, name: str) -> Column:
         return next(c for c in self.tables[table].columns if c.name == name)
+
+
+def load_cached(path: Path) -> Contract:
+    """`load`, once per file and modification time: settings ask for the contract often."""
+    stat = path.stat() if path.exists() else None
+    return _load_version(path, stat.st_mtime_ns if stat else None)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_version(path: Path, _mtime_ns: int | None) -> Contract:
+    return load(path)
 
 
 def load(path: str | Path = DEFAULT) -> Contract:
@@ -175,6 +241,10 @@ def load(path: str | Path = DEFAULT) -> Contract:
             named = spec.get("table")
             raise ContractError(f"{where}: label {task!r} names table {named!r}, not one of {sorted(tables)}")
         labels[task] = spec["table"]
+    if list(labels.values()) != ["clicks", "conversions"]:
+        raise ContractError(f"{where}: labels must be two tasks, the clicks table's then the conversions "
+                            f"table's (a conversion follows a click); got {labels}")  # fmt: skip
+    _check_names(where, tables, tuple(labels))
     features = {name: _view(where, name, spec) for name, spec in _section(where, document, "features").items()}
     return Contract(
         name=str(document.get("name", path.stem)),
@@ -205,8 +275,12 @@ def _table(where: str, name: str, spec: dict) -> Table:
             raise ContractError(f"{at}: type {fields.get('type')!r} is not one of {list(TYPES)}")
         if fields.get("role") not in ROLES:
             raise ContractError(f"{at}: role {fields.get('role')!r} is not one of {list(ROLES)}")
-        if fields["role"] == "sparse" and not (fields.get("vocab", 0) > 1 or fields.get("hash_buckets", 0) > 1):
-            raise ContractError(f"{at}: a sparse column needs `vocab` (ids 0..vocab-2) or `hash_buckets` (> 1)")
+        if fields["role"] == "sparse":
+            _check_sparse(at, fields)
+        if fields["role"] == "dense" and fields["type"] not in ("int32", "int64", "float64"):
+            raise ContractError(f"{at}: a dense column must be numeric, not {fields['type']}")
+        if fields["role"] == "sequence" and fields["type"] != "list<int64>":
+            raise ContractError(f"{at}: a sequence column must be list<int64> (item ids, newest first)")
         bounded = {"min", "max"} & set(fields)
         if bounded and not pa.types.is_integer(TYPES[fields["type"]]) and fields["type"] != "float64":
             raise ContractError(
@@ -216,6 +290,46 @@ def _table(where: str, name: str, spec: dict) -> Table:
     if not columns:
         raise ContractError(f"{where}: table {name} declares no columns")
     return Table(name=name, columns=tuple(columns), doc=spec.get("doc", ""))
+
+
+def _check_sparse(at: str, fields: dict) -> None:
+    """A sparse column says how its values find their embedding row: a vocabulary or hashing."""
+    vocab, buckets = fields.get("vocab", 0), fields.get("hash_buckets", 0)
+    integer = pa.types.is_integer(TYPES[fields["type"]])
+    if vocab and buckets:
+        raise ContractError(f"{at}: declare `vocab` or `hash_buckets`, not both")
+    if buckets:
+        if not (isinstance(buckets, int) and buckets > 1):
+            raise ContractError(f"{at}: hash_buckets must be an integer > 1, got {buckets!r}")
+        return
+    if not integer:
+        raise ContractError(f"{at}: a sparse {fields['type']} column is hashed: declare `hash_buckets` (> 1)")
+    if vocab == FROM_DATA or (isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 1):
+        return
+    raise ContractError(
+        f"{at}: a sparse column needs `vocab` (ids 0..vocab-2, or {FROM_DATA!r}: sized from the training days) "
+        f"or `hash_buckets` (> 1), got vocab={vocab!r}"
+    )
+
+
+def _check_names(where: str, tables: dict[str, Table], tasks: tuple[str, ...]) -> None:
+    """An input column may not take a name the samples already use for a key, a label or a derived column."""
+    taken = {*CANONICAL["impressions"].values(), *SAMPLE_KEYS, *DERIVED, *tasks, "ds"}
+    impressions = tables["impressions"]
+    for column in impressions.columns:
+        if column.role in INPUT_ROLES and column.name in taken:
+            raise ContractError(
+                f"{where}: table impressions, column {column.name}: the name is taken in the samples "
+                f"({sorted(taken)}); rename the column"
+            )
+    sequences = [c.name for c in impressions.columns if c.role == "sequence"]
+    if len(sequences) > 1:
+        raise ContractError(f"{where}: table impressions declares {len(sequences)} sequences {sequences}; "
+                            "the models read one")  # fmt: skip
+    for name, table in tables.items():
+        misplaced = [c.name for c in table.columns if c.role in INPUT_ROLES] if name != "impressions" else []
+        if misplaced:
+            raise ContractError(f"{where}: table {name}, column {misplaced[0]}: model inputs live on impressions")
 
 
 def _view(where: str, name: str, spec: dict) -> FeatureView:

@@ -1,5 +1,8 @@
-"""Column layouts between the steps (pyarrow types; Spark mirrors them), the raw ones and the
-feature views from the data contract (`msmt.contract`), the samples' and quarantine's fixed here.
+"""Column layouts of msmt's default contract (the simulator's logs), and the tables no contract shapes.
+
+The pipeline reads every layout from the active contract (`settings.data_contract`); the constants
+here are that contract's when it is the default one: what `msmt simulate` writes and what the
+tests build rows with. The quarantine and the simulator's `truth` table are msmt's own.
 
 Timestamps are UTC microseconds: Spark and Feast both need `us`, pandas would
 write `ns` and Feast then fails with a misleading "Unable to find table".
@@ -11,7 +14,7 @@ import pyarrow as pa
 
 from msmt import contract
 
-CONTRACT = contract.load()  # the default contract: the simulator's logs (contracts/simulator.toml)
+CONTRACT = contract.load_cached(contract.DEFAULT)  # contracts/simulator.toml
 TS = contract.TS
 
 IMPRESSIONS = CONTRACT.raw_schema("impressions")
@@ -29,40 +32,17 @@ TRUTH = pa.schema(
 )
 
 RAW = {"impressions": IMPRESSIONS, "clicks": CLICKS, "conversions": CONVERSIONS, "truth": TRUTH}
-# Columns without which a raw row cannot be joined (null → quarantined / counted by the checks).
-RAW_KEYS = CONTRACT.raw_keys
-RECORD_IDS = CONTRACT.record_ids
 
 # One row per impression of the sample day, written under samples/ds=…/scenario=…/.
-SAMPLES = pa.schema(
-    [
-        ("impression_id", pa.string()),
-        ("request_id", pa.string()),
-        ("event_timestamp", TS),
-        ("user_id", pa.int64()),
-        ("item_id", pa.int64()),
-        ("scenario_id", pa.int64()),
-        ("position", pa.int32()),
-        ("device", pa.string()),
-        ("hour", pa.int32()),
-        ("user_segment", pa.int32()),
-        ("item_category", pa.int32()),
-        ("item_price_bucket", pa.int32()),
-        ("hist_item_ids", pa.list_(pa.int64())),
-        ("click", pa.int32()),
-        ("conversion", pa.int32()),  # click and a conversion inside the attribution window
-    ]
-)
+SAMPLES = CONTRACT.samples_schema
 
 # Malformed rows of any raw table, with the reason they were set aside.
-SAMPLE_KEYS = ("impression_id", "request_id", "event_timestamp", "user_id", "item_id", "scenario_id", "position")
-
 QUARANTINE = pa.schema(
     [
         ("source", pa.string()),  # impressions | clicks | conversions
         ("record_id", pa.string()),  # impression_id / click_id / conversion_id (may be null)
         ("reason", pa.string()),
-        ("payload", pa.string()),  # the raw row as JSON, so nothing is lost
+        ("payload", pa.string()),  # the raw row as JSON, under the contract's column names, so nothing is lost
     ]
 )
 

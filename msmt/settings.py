@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
+from msmt import contract as contracts
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 Profile = Literal["local", "cluster"]
@@ -24,7 +26,6 @@ Profile = Literal["local", "cluster"]
 # Scenario names in id order: the id of a scenario is its index here. The last
 # one is the long-tail scenario (~2% of traffic in the simulator).
 DEFAULT_SCENARIOS = ("homefeed", "search", "detail_page", "mini_app")
-TASKS = ("click", "conversion")
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class Settings:
     spark_driver_memory: str = "4g"
 
     # data
+    contract: str = ""  # the data contract file; "" -> contracts/simulator.toml (a relative path: cwd, then repo)
     scenarios: tuple[str, ...] = DEFAULT_SCENARIOS
-    tasks: tuple[str, ...] = TASKS
     attribution_window_days: int = 2  # conversions may arrive this many days after the click
     feature_window_days: int = 7  # trailing window of the user / item aggregates
     train_days: int = 3  # sample days the model trains on; the next day is held out
@@ -97,8 +98,31 @@ class Settings:
         env = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "contract" and value:
+                value = self.contract_file  # absolute: the other process may start elsewhere
             env[f"MSMT_{f.name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
         return env
+
+    # --- the data contract -------------------------------------------------
+    @property
+    def contract_file(self) -> Path:
+        """The contract's absolute path, so every process (Airflow task, torchrun rank) reads the same file."""
+        if not self.contract:
+            return contracts.DEFAULT
+        path = Path(self.contract).expanduser()
+        if path.is_absolute() or path.exists():
+            return path.resolve()
+        return PROJECT_ROOT / path  # a shipped contract named from anywhere: contracts/aliexpress.toml
+
+    @property
+    def data_contract(self) -> contracts.Contract:
+        """The loaded, validated contract (read once per process and file version)."""
+        return contracts.load_cached(self.contract_file)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The contract's label events, in the model's output order."""
+        return self.data_contract.tasks
 
     # --- derived locations -------------------------------------------------
     @property

@@ -99,6 +99,46 @@ def run(
 
 
 @app.command()
+def contract(
+    path: Annotated[str | None, typer.Argument(help="a contract file (default: MSMT_CONTRACT's)")] = None,
+) -> None:
+    """Validate a data contract and print what derives from it: tables, the model's inputs, the Feast service."""
+    from msmt.contract import load
+
+    settings = _settings()
+    try:
+        loaded = load(path) if path else settings.data_contract
+    except StopRun as error:
+        raise _stopped(error) from None
+    inputs = {role: [c.name for c in loaded.inputs(role)] for role in ("sparse", "dense", "sequence")}
+    summary = {
+        "contract": loaded.source,
+        "digest": loaded.digest,
+        "tables": {name: loaded.raw_schema(name).names for name in loaded.tables},
+        "tasks": list(loaded.tasks),
+        "inputs": inputs,
+        "feature_views": {name: view.value_columns for name, view in loaded.features.items()},
+        "feature_service": loaded.feature_service,
+        "samples": loaded.samples_schema.names,
+    }
+    typer.echo(json.dumps(summary, indent=1))
+
+
+@app.command("check-raw")
+def check_raw(
+    day: Annotated[str, typer.Option("--day", help="raw partition YYYY-MM-DD to check against the contract")],
+) -> None:
+    """Great Expectations on one day of raw logs (the contract's types, keys, ranges): what a run checks first."""
+    from data_checks.suites import check_raw as check
+
+    try:
+        result = check(_settings(), day)
+    except StopRun as error:
+        raise _stopped(error) from None
+    typer.echo(f"raw logs of {day} match the contract ({len(result['expectations'])} expectations)")
+
+
+@app.command()
 def samples(ds: Day) -> None:
     """Build the samples of the matured day `ds - attribution window` (Spark)."""
     from pipeline import steps

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 
-from msmt import lake, schemas, storage
+from msmt import lake, storage
 from msmt.settings import Settings
 
 log = logging.getLogger("msmt.pipeline")
@@ -118,7 +118,7 @@ def samples_to_build(settings: Settings, plan: DayPlan) -> list[str]:
 
 def features_to_build(settings: Settings, plan: DayPlan) -> list[str]:
     """The catch-up: feature days some view of the contract lacks, then the sample day."""
-    views = schemas.CONTRACT.features
+    views = settings.data_contract.features
     return _to_build(plan, lambda day: all(storage.exists(settings, lake.features(settings, v, day)) for v in views))
 
 

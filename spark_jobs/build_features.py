@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from msmt import lake, schemas
+from msmt import lake
 from msmt.contract import FeatureView
 from msmt.settings import Settings
 from spark_jobs.common import (
@@ -53,15 +53,20 @@ def extract(spark: SparkSession, settings: Settings, feature_ds: str) -> dict[st
 
 
 def label_window(raw: dict[str, DataFrame], settings: Settings) -> DataFrame:
-    """Usable impressions of the window with their 0/1 click and conversion labels and `scenario_id`."""
-    flagged = flag_raw(raw, settings.scenarios, settings.attribution_window_days)
+    """Usable impressions of the window with their 0/1 click and conversion labels (whatever the contract
+    names its tasks) and `scenario_id`."""
+    flagged = flag_raw(raw, settings)
     ids = F.create_map(*[F.lit(x) for pair in settings.scenario_ids.items() for x in pair])
-    return labelled_impressions(flagged["impressions"], flagged["clicks"], flagged["conversions"]).select(
+    click, conversion = settings.tasks
+    labelled = labelled_impressions(
+        flagged["impressions"], flagged["clicks"], flagged["conversions"], settings.data_contract
+    )
+    return labelled.select(
         "user_id",
         "item_id",
         F.element_at(ids, F.col("scenario")).cast("long").alias("scenario_id"),
-        "click",
-        "conversion",
+        F.col(click).alias("click"),
+        F.col(conversion).alias("conversion"),
     )
 
 
@@ -102,7 +107,7 @@ def aggregate(
 
 
 def transform(
-    labelled: DataFrame, priors: dict[int | None, tuple[float, float]], feature_ds: str
+    labelled: DataFrame, priors: dict[int | None, tuple[float, float]], feature_ds: str, views: Iterable[FeatureView]
 ) -> dict[str, DataFrame]:
     """The contract's feature views of `feature_ds`: overall views shrink to the window's rate, per-scenario
     ones to their scenario's."""
@@ -110,15 +115,15 @@ def transform(
     by_scenario = {sid: rates for sid, rates in priors.items() if sid is not None}
     ctr_map = _literal_map({sid: ctr for sid, (ctr, _) in by_scenario.items()})
     cvr_map = _literal_map({sid: cvr for sid, (_, cvr) in by_scenario.items()})
-    views = {}
-    for view in schemas.CONTRACT.features.values():
+    out = {}
+    for view in views:
         if "scenario" in view.entities:
             ctr_prior = F.element_at(ctr_map, F.col("scenario_id"))
             cvr_prior = F.element_at(cvr_map, F.col("scenario_id"))
         else:
             ctr_prior, cvr_prior = F.lit(overall_ctr), F.lit(overall_cvr)
-        views[view.name] = aggregate(labelled, view, ctr_prior, cvr_prior, feature_ds)
-    return views
+        out[view.name] = aggregate(labelled, view, ctr_prior, cvr_prior, feature_ds)
+    return out
 
 
 def _literal_map(values: dict[int, float]) -> Column:
@@ -131,7 +136,9 @@ def load(views: dict[str, DataFrame], settings: Settings, feature_ds: str) -> di
     rows = {}
     for view, frame in views.items():
         uri = spark_uri(lake.features(settings, view, feature_ds))
-        frame.sortWithinPartitions(*schemas.CONTRACT.features[view].key_columns).write.mode("overwrite").parquet(uri)
+        frame.sortWithinPartitions(*settings.data_contract.features[view].key_columns).write.mode("overwrite").parquet(
+            uri
+        )
         rows[view] = frame.sparkSession.read.parquet(uri).count()  # footers only
     return rows
 
@@ -143,7 +150,8 @@ def run(spark: SparkSession, settings: Settings, feature_ds: str) -> dict:
     log.info("building features as of %s 00:00 UTC from raw days %s..%s", feature_ds, days[0], days[-1])
     labelled = label_window(extract(spark, settings, feature_ds), settings).cache()
     priors = prior_rates(labelled)
-    rows = load(transform(labelled, priors, feature_ds), settings, feature_ds)
+    views = settings.data_contract.features.values()
+    rows = load(transform(labelled, priors, feature_ds, views), settings, feature_ds)
     impressions = labelled.count()
     labelled.unpersist()
     seconds = time.perf_counter() - start

@@ -29,6 +29,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from msmt import lake
+from msmt.contract import Contract
 from msmt.settings import Settings
 from spark_jobs.common import (
     count_by,
@@ -65,35 +66,30 @@ def extract(spark: SparkSession, settings: Settings, sample_ds: str) -> dict[str
     }
 
 
-def to_samples(flagged: dict[str, DataFrame], sample_ds: str, scenario_ids: dict[str, int]) -> DataFrame:
-    """Labelled impressions of `sample_ds` in the schemas.SAMPLES layout, plus the partition column `scenario`."""
-    ids = F.create_map(*[F.lit(x) for pair in scenario_ids.items() for x in pair])
+def to_samples(flagged: dict[str, DataFrame], sample_ds: str, settings: Settings) -> DataFrame:
+    """Labelled impressions of `sample_ds` in the contract's samples layout (`Contract.samples_schema`: keys,
+    the input columns under their own names, `hour`, a label per task), plus the partition column `scenario`."""
+    contract = settings.data_contract
+    ids = F.create_map(*[F.lit(x) for pair in settings.scenario_ids.items() for x in pair])
     labelled = labelled_impressions(
-        flagged["impressions"].where(F.col("ds") == sample_ds), flagged["clicks"], flagged["conversions"]
+        flagged["impressions"].where(F.col("ds") == sample_ds), flagged["clicks"], flagged["conversions"], contract
     )
-    return labelled.select(
-        F.col("impression_id"),
-        F.col("request_id"),
-        F.col("ts").alias("event_timestamp"),
-        F.col("user_id"),
-        F.col("item_id"),
-        F.element_at(ids, F.col("scenario")).cast("long").alias("scenario_id"),
-        F.col("position"),
-        F.col("device"),
-        F.hour("ts").cast("int").alias("hour"),
-        F.col("user_segment"),
-        F.col("item_category"),
-        F.col("item_price_bucket"),
-        F.col("hist_item_ids"),
-        F.col("click"),
-        F.col("conversion"),
-        F.col("scenario"),
-    )
+    keys = {
+        "impression_id": F.col("impression_id"),
+        "request_id": F.col("request_id"),
+        "event_timestamp": F.col("ts"),
+        "user_id": F.col("user_id"),
+        "item_id": F.col("item_id"),
+        "scenario_id": F.element_at(ids, F.col("scenario")).cast("long"),
+        "hour": F.hour("ts").cast("int"),
+    }
+    layout = [keys.get(field.name, F.col(field.name)).alias(field.name) for field in contract.samples_schema]
+    return labelled.select(*layout, F.col("scenario"))
 
 
-def to_quarantine(flagged: dict[str, DataFrame], sample_ds: str) -> DataFrame:
+def to_quarantine(flagged: dict[str, DataFrame], sample_ds: str, contract: Contract) -> DataFrame:
     """Rejected rows of partition `sample_ds` of every raw table (schemas.QUARANTINE)."""
-    parts = [quarantine_rows(frame, source, sample_ds) for source, frame in flagged.items()]
+    parts = [quarantine_rows(frame, source, sample_ds, contract) for source, frame in flagged.items()]
     return parts[0].unionByName(parts[1]).unionByName(parts[2])
 
 
@@ -117,7 +113,7 @@ def load(samples: DataFrame, quarantine: DataFrame, settings: Settings, sample_d
     )
 
 
-def summarize(flagged: dict[str, DataFrame], samples: DataFrame, sample_ds: str) -> dict:
+def summarize(flagged: dict[str, DataFrame], samples: DataFrame, sample_ds: str, tasks: Sequence[str]) -> dict:
     """Counts of partition `sample_ds`: raw rows, quarantine reasons and samples per scenario with label rates."""
     raw: dict[str, int] = {}
     quarantined: dict[str, dict[str, int]] = {}
@@ -128,7 +124,7 @@ def summarize(flagged: dict[str, DataFrame], samples: DataFrame, sample_ds: str)
     per_scenario = {
         row["scenario"]: {"rows": row["rows"], "clicks": row["clicks"], "conversions": row["conversions"]}
         for row in samples.groupBy("scenario")
-        .agg(F.count("*").alias("rows"), F.sum("click").alias("clicks"), F.sum("conversion").alias("conversions"))
+        .agg(F.count("*").alias("rows"), F.sum(tasks[0]).alias("clicks"), F.sum(tasks[1]).alias("conversions"))
         .collect()
     }
     for cell in per_scenario.values():
@@ -155,12 +151,11 @@ def run(spark: SparkSession, settings: Settings, sample_ds: str) -> dict:
         "building samples of %s (labels of later days are read up to %s)", sample_ds, lake.shift(sample_ds, window)
     )
     flagged = {
-        source: frame.cache()
-        for source, frame in flag_raw(extract(spark, settings, sample_ds), settings.scenarios, window).items()
+        source: frame.cache() for source, frame in flag_raw(extract(spark, settings, sample_ds), settings).items()
     }
-    samples = to_samples(flagged, sample_ds, settings.scenario_ids).cache()
-    load(samples, to_quarantine(flagged, sample_ds), settings, sample_ds)
-    stats = summarize(flagged, samples, sample_ds)
+    samples = to_samples(flagged, sample_ds, settings).cache()
+    load(samples, to_quarantine(flagged, sample_ds, settings.data_contract), settings, sample_ds)
+    stats = summarize(flagged, samples, sample_ds, settings.tasks)
     for frame in (samples, *flagged.values()):
         frame.unpersist()
     seconds = time.perf_counter() - start

@@ -24,11 +24,15 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from msmt import lake, schemas
+from msmt.contract import CANONICAL, REQUIRED_ROLES, Contract
 from msmt.settings import Settings
 
 log = logging.getLogger("msmt.spark")
 
 SECONDS_PER_DAY = 86_400
+# Columns without which a row cannot be joined, as read (key roles renamed, see read_raw).
+KEYS = {table: [CANONICAL[table][role] for role in roles] for table, roles in REQUIRED_ROLES.items()}
+RECORD_IDS = {"impressions": "impression_id", "clicks": "click_id", "conversions": "conversion_id"}
 
 
 class MissingPartitionError(FileNotFoundError):
@@ -109,12 +113,13 @@ def path_exists(spark: SparkSession, uri: str) -> bool:
 def read_raw(
     spark: SparkSession, settings: Settings, name: str, days: Iterable[str], required: Sequence[str] = ()
 ) -> DataFrame:
-    """Raw table `name` over `days`, with the partition day as column `ds`.
+    """Raw table `name` over `days`, with the partition day as column `ds`, its key columns named by
+    role (`Contract.canonical_names`: the jobs' vocabulary, whatever the team calls them).
 
     A missing day in `required` raises MissingPartitionError; any other missing day
     (history before the first log, conversions not landed yet) reads as empty.
     """
-    schema = spark_schema(schemas.RAW[name])
+    schema = spark_schema(settings.data_contract.raw_schema(name))
     frames, missing = [], []
     for ds in days:
         uri = lake.raw(settings, name, ds)
@@ -126,12 +131,10 @@ def read_raw(
         frames.append(spark.read.schema(schema).parquet(spark_uri(uri)).withColumn("ds", F.lit(ds)))
     if missing:
         log.warning("raw/%s: no partition for %s, read as empty", name, ", ".join(missing))
-    if not frames:
-        return spark.createDataFrame([], schema.add("ds", T.StringType()))
-    out = frames[0]
+    out = spark.createDataFrame([], schema.add("ds", T.StringType())) if not frames else frames[0]
     for frame in frames[1:]:
         out = out.unionByName(frame)
-    return out
+    return out.withColumnsRenamed(settings.data_contract.canonical_names(name))
 
 
 def _first_failure(*rules: tuple[Column, str]) -> Column:
@@ -154,7 +157,7 @@ def _after(later: str, earlier: str, days: int) -> Column:
     return F.col(later) > F.col(earlier) + F.expr(f"INTERVAL {days} DAYS")
 
 
-def _keep_first(df: DataFrame, key: str, order: Sequence[str], reason: str) -> DataFrame:
+def _keep_first(df: DataFrame, key: str, order: Sequence[str | Column], reason: str) -> DataFrame:
     """Flag every usable row but the first per `key` (by `order`) with `reason`."""
     rank = F.row_number().over(Window.partitionBy(key, F.col("reason").isNull()).orderBy(*order))
     return df.withColumn(
@@ -162,21 +165,29 @@ def _keep_first(df: DataFrame, key: str, order: Sequence[str], reason: str) -> D
     )
 
 
-def flag_impressions(impressions: DataFrame, scenarios: Sequence[str]) -> DataFrame:
-    """Rules: null_key, unknown_scenario, ts_outside_day, bad_position, duplicate_impression (first kept).
+def flag_impressions(impressions: DataFrame, scenarios: Sequence[str], contract: Contract) -> DataFrame:
+    """Rules: null_key, unknown_scenario, ts_outside_day, bad_<column> (a value outside the range the
+    contract declares for it; a null is an unknown value, not a bad one), duplicate_impression (first kept).
 
     One more rule needs the flagged clicks: flag_clicked_before_shown.
     """
+    out_of_range = [
+        ((F.col(c.name) < c.min if c.min is not None else F.lit(False))
+         | (F.col(c.name) > c.max if c.max is not None else F.lit(False)), f"bad_{c.name}")
+        for c in contract.inputs() if c.min is not None or c.max is not None
+    ]  # fmt: skip
     flagged = impressions.withColumn(
         "reason",
         _first_failure(
-            (_any_null(schemas.RAW_KEYS["impressions"]), "null_key"),
+            (_any_null(KEYS["impressions"]), "null_key"),
             (~F.col("scenario").isin(list(scenarios)), "unknown_scenario"),
             (_outside_day(), "ts_outside_day"),
-            (F.col("position").isNull() | (F.col("position") < 0), "bad_position"),
+            *out_of_range,
         ),
     )
-    order = ("ts", "ds", "request_id", "user_id", "item_id", "position")
+    # ts first: the earliest copy counts; the row's JSON last: a total order, so re-runs keep the same copy
+    columns = [c for c in impressions.columns if c != "ds"]
+    order = ("ts", "ds", "request_id", "user_id", "item_id", F.to_json(F.struct(*columns)))
     return _keep_first(flagged, "impression_id", order, "duplicate_impression")
 
 
@@ -192,7 +203,7 @@ def flag_clicks(clicks: DataFrame, impressions: DataFrame, window_days: int) -> 
     flagged = clicks.join(shown, "impression_id", "left").withColumn(
         "reason",
         _first_failure(
-            (_any_null(schemas.RAW_KEYS["clicks"]), "null_key"),
+            (_any_null(KEYS["clicks"]), "null_key"),
             (_outside_day(), "ts_outside_day"),
             (F.col("impression_ts").isNull(), "orphan_click"),
             (F.col("ts") < F.col("impression_ts"), "click_before_impression"),
@@ -238,7 +249,7 @@ def flag_conversions(conversions: DataFrame, clicks: DataFrame, window_days: int
     flagged = conversions.join(genuine, "click_id", "left").withColumn(
         "reason",
         _first_failure(
-            (_any_null(schemas.RAW_KEYS["conversions"]), "null_key"),
+            (_any_null(KEYS["conversions"]), "null_key"),
             (_outside_day(), "ts_outside_day"),
             (F.col("click_ts").isNull(), "no_matching_click"),
             (F.col("ts") < F.col("click_ts"), "conversion_before_click"),
@@ -248,9 +259,10 @@ def flag_conversions(conversions: DataFrame, clicks: DataFrame, window_days: int
     return flagged
 
 
-def flag_raw(raw: dict[str, DataFrame], scenarios: Sequence[str], window_days: int) -> dict[str, DataFrame]:
+def flag_raw(raw: dict[str, DataFrame], settings: Settings) -> dict[str, DataFrame]:
     """Apply the quarantine rules to every raw table (adds `reason`): the one order both jobs use."""
-    impressions = flag_impressions(raw["impressions"], scenarios)
+    window_days = settings.attribution_window_days
+    impressions = flag_impressions(raw["impressions"], settings.scenarios, settings.data_contract)
     clicks = flag_clicks(raw["clicks"], usable(impressions), window_days)
     impressions = flag_clicked_before_shown(impressions, clicks)
     conversions = flag_conversions(raw["conversions"], clicks, window_days)
@@ -261,41 +273,42 @@ def usable(flagged: DataFrame) -> DataFrame:
     return flagged.where(F.col("reason").isNull())
 
 
-def quarantine_rows(flagged: DataFrame, source: str, ds: str) -> DataFrame:
-    """Rows of partition `ds` that broke a rule, as schemas.QUARANTINE (payload = the raw row as JSON)."""
-    raw_columns = schemas.RAW[source].names
+def quarantine_rows(flagged: DataFrame, source: str, ds: str, contract: Contract) -> DataFrame:
+    """Rows of partition `ds` that broke a rule, as schemas.QUARANTINE (payload = the raw row as JSON,
+    under the contract's own column names)."""
+    raw_columns = [F.col(read).alias(raw) for raw, read in contract.canonical_names(source).items()]
     payload = F.to_json(
         F.struct(*raw_columns),
         {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"},
     )
     return flagged.where((F.col("ds") == ds) & F.col("reason").isNotNull()).select(
         F.lit(source).alias("source"),
-        F.col(schemas.RECORD_IDS[source]).alias("record_id"),
+        F.col(RECORD_IDS[source]).alias("record_id"),
         F.col("reason"),
         payload.alias("payload"),
     )
 
 
-def labelled_impressions(impressions: DataFrame, clicks: DataFrame, conversions: DataFrame) -> DataFrame:
-    """Usable impressions with 0/1 `click` and `conversion` (conversion implies click).
+def labelled_impressions(
+    impressions: DataFrame, clicks: DataFrame, conversions: DataFrame, contract: Contract
+) -> DataFrame:
+    """Usable impressions with a 0/1 column per task: the click, then its conversion (which implies the click).
 
     `clicks` and `conversions` are flagged frames; only usable rows label.
     """
-    clicked = usable(clicks).select("impression_id", F.lit(1).alias("click"))
-    converted = (
-        usable(conversions).select("impression_id").distinct().select("impression_id", F.lit(1).alias("conversion"))
-    )
+    click, conversion = contract.tasks
+    clicked = usable(clicks).select("impression_id", F.lit(1).alias("_clicked"))
+    converted = usable(conversions).select("impression_id").distinct().withColumn("_converted", F.lit(1))
+    clicked_flag = F.coalesce(F.col("_clicked"), F.lit(0))
     return (
         usable(impressions)
         .join(clicked, "impression_id", "left")
         .join(converted, "impression_id", "left")
         .select(
-            *[F.col(c) for c in schemas.IMPRESSIONS.names],
+            *[F.col(c) for c in contract.canonical_names("impressions").values()],
             F.col("ds"),
-            F.coalesce(F.col("click"), F.lit(0)).cast("int").alias("click"),
-            (F.coalesce(F.col("click"), F.lit(0)) * F.coalesce(F.col("conversion"), F.lit(0)))
-            .cast("int")
-            .alias("conversion"),
+            clicked_flag.cast("int").alias(click),
+            (clicked_flag * F.coalesce(F.col("_converted"), F.lit(0))).cast("int").alias(conversion),
         )
     )
 

@@ -26,7 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import torch
 
+from msmt import contract as contracts
 from msmt import storage
+from msmt.contract import DERIVED, FROM_DATA, Contract
 from msmt.ids import string_digests
 from msmt.settings import Settings
 
@@ -84,32 +86,60 @@ class FeatureSpec:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def default_spec(n_scenarios: int, tasks: tuple[str, ...] | list[str], id_vocab: int = 2**16) -> FeatureSpec:
-    """msmt's spec: the SAMPLES id/context columns, every feature view's columns, the click history."""
-    from msmt import schemas  # reads the contract file: a served ranker (its spec logged) never needs it
+def spec_for(
+    contract: Contract, n_scenarios: int, data_vocab: dict[str, int] | None = None, id_vocab: int = 2**16
+) -> FeatureSpec:
+    """The model's inputs under a data contract: the user / item / scenario keys, the contract's sparse,
+    dense and sequence columns, `hour`, and every feature view's aggregates, in that order.
 
-    columns = schemas.CONTRACT.tables["impressions"].columns
-    declared = {c.name: c.vocab or c.hash_buckets for c in columns if c.role == "sparse"}
-    vocab = {"user_id": id_vocab, "item_id": id_vocab, "scenario_id": n_scenarios + 1, "hour": 25, **declared}
-    sparse = ["user_id", "item_id", "scenario_id", "position", "device", "hour",
-              "user_segment", "item_category", "item_price_bucket"]  # fmt: skip
-    missing = set(sparse) - set(schemas.SAMPLES.names)
-    if missing:
-        raise ValueError(f"SAMPLES lacks {sorted(missing)}")
-    dense, counts = [], []
-    for view, view_schema in schemas.FEATURES.items():
-        for name in schemas.feature_columns(view):
+    `data_vocab`: the table size of each `vocab = "data"` column (`data_vocab_sizes`). Columns declared
+    with `hash_buckets` are hashed (strings always are); the others are ids 0..vocab-2.
+    """
+    sparse = contract.inputs("sparse")
+    sized = {c.name for c in sparse if c.vocab == FROM_DATA}
+    if sized - set(data_vocab or {}):
+        raise ValueError(f"columns {sorted(sized)} are sized from the data: pass data_vocab (data_vocab_sizes)")
+    declared = {c.name: (data_vocab or {}).get(c.name) or c.vocab or c.hash_buckets for c in sparse}
+    vocab = {"user_id": id_vocab, "item_id": id_vocab, "scenario_id": n_scenarios + 1, **declared}
+    vocab |= {name: size for name, (_, size) in DERIVED.items()}
+    dense, counts = [c.name for c in contract.inputs("dense")], []
+    for view in contract.features.values():
+        for name in view.value_columns:
             dense.append(name)
-            if pa.types.is_integer(view_schema.field(name).type):
+            if pa.types.is_integer(view.schema.field(name).type):
                 counts.append(name)
+    sequence = contract.inputs("sequence")
     return FeatureSpec(
-        sparse_fields=sparse,
-        vocab_sizes=[vocab[name] for name in sparse],
+        sparse_fields=list(vocab),
+        vocab_sizes=list(vocab.values()),
         dense_fields=dense,
+        seq_field=sequence[0].name if sequence else None,
         n_scenarios=n_scenarios,
-        tasks=tuple(tasks),
+        tasks=contract.tasks,
+        hashed_fields=["user_id", "item_id", *(c.name for c in sparse if c.hash_buckets)],
         log1p_fields=counts,
     )
+
+
+def default_spec(n_scenarios: int, id_vocab: int = 2**16) -> FeatureSpec:
+    """The spec of msmt's default contract (the simulator's logs): tests, benchmarks, the GPU machine."""
+    return spec_for(contracts.load_cached(contracts.DEFAULT), n_scenarios, id_vocab=id_vocab)
+
+
+def data_vocab_sizes(contract: Contract, training: pa.Table) -> dict[str, int]:
+    """Table rows of each `vocab = "data"` column: its largest id in the training rows, plus one row per
+    id and row 0. Ids first seen later are unknown (0), counted by `encoding_report`."""
+    names = [c.name for c in contract.inputs("sparse") if c.vocab == FROM_DATA]
+    return {name: int(pc.max(_column(training, name)).as_py() or 0) + 2 for name in names}
+
+
+def training_spec(settings: Settings, uri: str, eval_ds: str) -> FeatureSpec:
+    """The spec a training run on `uri` uses: the settings' contract, sized from the days before `eval_ds`."""
+    contract = settings.data_contract
+    sized = [c.name for c in contract.inputs("sparse") if c.vocab == FROM_DATA]
+    training = read_training_set(settings, uri, where=_day() < eval_ds, columns=sized) if sized else None
+    sizes = data_vocab_sizes(contract, training) if sized else {}
+    return spec_for(contract, len(settings.scenarios), sizes)
 
 
 @dataclass

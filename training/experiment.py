@@ -11,15 +11,21 @@ on the same file needs the table, the model's name and the held-out day.
     for cell in result.cells:
         print(cell["scenario"], cell["task"], cell["auc"])
 
-The table is a training set's layout (the samples' columns, the feature columns, a string `ds`);
-another layout comes with its own `FeatureSpec` (`spec=`). Hyper-parameters resolve as in the
-pipeline: the settings' defaults, then `training/configs/<model>.json`, then `overrides`.
+The table is a training set's layout under a data contract (`contract=`, default MSMT_CONTRACT):
+the samples' keys, the contract's input columns, the feature columns, a string `ds`. Any parquet
+file with a `ds` column, the contract's columns, `scenario_id` and the task labels will do; feature
+view columns the file lacks are unknown (null) inputs, named in a warning — or pass a `FeatureSpec`
+(`spec=`).
+Hyper-parameters resolve as in the pipeline: the settings' defaults, then
+`training/configs/<model>.json`, then `overrides`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import torch
@@ -27,11 +33,24 @@ from torch import nn
 
 from msmt.settings import Settings
 from training import hparams
-from training.data import FeatureSpec, default_spec, encode, read_training_set, split_by_day
+from training.data import FeatureSpec, data_vocab_sizes, encode, read_training_set, spec_for, split_by_day
 from training.evaluate import score_cells
 from training.models import build_model
 from training.trainer import FitResult, fit
 from training.worker import split_overrides
+
+log = logging.getLogger("msmt.experiment")
+
+
+def _with_unknown_features(table: pa.Table, spec: FeatureSpec) -> pa.Table:
+    """A table without some of the spec's dense columns (a file from elsewhere has no feature views):
+    those become null, i.e. unknown, and the warning says which."""
+    absent = [name for name in spec.dense_fields if name not in table.column_names]
+    if absent:
+        log.warning("no columns %s in the table: they are unknown (null) inputs", absent)
+    for name in absent:
+        table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
+    return table
 
 
 @dataclass
@@ -49,22 +68,30 @@ def train_and_score(
     *,
     overrides: dict | None = None,
     scenarios: Sequence[str] | None = None,
+    contract: str | Path | None = None,
     spec: FeatureSpec | None = None,
     settings: Settings | None = None,
 ) -> Scored:
     """Fit `model` on the days before `eval_ds` of `table` (or of the training set at that URI) and
-    score it on `eval_ds`, per scenario × task; `scenarios` name the scenario ids in order."""
+    score it on `eval_ds`, per scenario × task; `scenarios` name the scenario ids in order.
+
+    The inputs are the data contract's (`contract`: a file; default the settings' MSMT_CONTRACT),
+    sized from the training days as the pipeline sizes them; `spec` replaces them outright."""
     settings = settings or Settings.from_env()
+    if contract is not None:
+        settings = settings.with_(contract=str(contract))
     if isinstance(table, str):
         table = read_training_set(settings, table)
     scenarios = tuple(scenarios or settings.scenarios)
-    spec = spec or default_spec(len(scenarios), settings.tasks)
     _, merged = hparams.resolve(model, overrides)
     hparams.check_overrides(model, merged)
     train_cfg, model_overrides = split_overrides(settings, merged)
     train_table, eval_table = split_by_day(table, eval_ds)
     if train_table.num_rows == 0:
         raise ValueError(f"no training rows before {eval_ds}")
+    sizes = data_vocab_sizes(settings.data_contract, train_table)
+    spec = spec or spec_for(settings.data_contract, len(scenarios), sizes)
+    train_table, eval_table = _with_unknown_features(train_table, spec), _with_unknown_features(eval_table, spec)
     train, held_out = encode(train_table, spec), encode(eval_table, spec)
     torch.manual_seed(train_cfg.seed)
     net = build_model(model, spec, **model_overrides)

@@ -46,11 +46,10 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.models import infer_signature
 
-from msmt import schemas
 from msmt.errors import StopRun
 from msmt.settings import Settings
 from training import hparams
-from training.data import default_spec, encode, encoding_report, read_held_out, rows_per_day
+from training.data import encode, encoding_report, read_held_out, rows_per_day, training_spec
 from training.evaluate import score_cells
 from training.models import build_model
 from training.pyfunc import log_ranker
@@ -90,7 +89,7 @@ def train_model(
     if not train_days:
         raise ValueError(f"no training rows before {eval_ds} in {training_set_uri}")
     eval_table = read_held_out(settings, training_set_uri, eval_ds)
-    spec = default_spec(len(settings.scenarios), settings.tasks)
+    spec = training_spec(settings, training_set_uri, eval_ds)  # the worker derives the same
     encoding = encoding_report(eval_table, spec)
     check_encoding(settings, encoding, f"{training_set_uri} ds={eval_ds}")
     eval_data = encode(eval_table, spec)  # the worker encodes the training days itself
@@ -118,12 +117,13 @@ def train_model(
                 "attribution_window_days": settings.attribution_window_days,  # labels matured this long
                 "scenarios": ",".join(settings.scenarios),
                 "training_set_uri": training_set_uri,
-                "contract": schemas.CONTRACT.name,
-                "contract.digest": schemas.CONTRACT.digest,  # the data contract the inputs were derived from
+                "contract": settings.data_contract.name,
+                "contract.digest": settings.data_contract.digest,  # the data contract the inputs were derived from
             }
         )
         mlflow.log_metrics({f"encoding.{f}.{kind}": v for f, shares in encoding.items() for kind, v in shares.items()})
-        contract = {k: getattr(schemas.CONTRACT, k) for k in ("name", "version", "digest", "source")}
+        contract = {k: getattr(settings.data_contract, k) for k in ("name", "version", "digest", "source")}
+        contract["feature_service"] = settings.data_contract.feature_service
         mlflow.log_dict({"contract": contract, "inputs": spec.inputs()}, "feature_spec.json")
         mlflow.log_input(_training_dataset(training_set_uri, eval_table, digest), context="training")
         with tempfile.TemporaryDirectory(prefix="msmt-train-") as scratch:

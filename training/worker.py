@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> dict | None:
     from msmt import storage
     from msmt.settings import Settings
     from training import checkpoint, distributed
-    from training.data import default_spec, load_split
+    from training.data import load_split, training_spec
     from training.models import build_model
     from training.trainer import fit
 
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> dict | None:
         train_cfg, model_overrides = split_overrides(settings, overrides)
         checkpoint_dir = args.checkpoint_dir or train_cfg.checkpoint_dir or _in(args.out, "checkpoints")
         train_cfg = replace(train_cfg, checkpoint_dir=checkpoint_dir)
-        spec = default_spec(len(settings.scenarios), settings.tasks)
+        spec = training_spec(settings, args.training_set, args.eval_ds)
         train, valid = load_split(settings, args.training_set, spec, args.eval_ds)
         if len(train) == 0:
             raise ValueError(f"no training rows before {args.eval_ds} in {args.training_set}")

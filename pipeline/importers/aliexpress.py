@@ -12,9 +12,13 @@ one CSV per split with a header:
 
 where search_id is the original search (page) id, categorical_1..9 come from the user/query file
 (its columns 2–8, 32, 33), categorical_10..16 from the item file (its columns 19, 34, 35, 36, 40,
-41, 42), and click / conversion are 0/1 (label 1 → click; 2 → click and conversion). Columns are
-found by name, so extra or missing numerical columns do not matter. Assumptions and mapping:
+41, 42), numerical_1..23 from the user/query file, numerical_24..63 from the item file, and click /
+conversion are 0/1 (label 1 → click; 2 → click and conversion). Assumptions and mapping:
 
+- Features: each input column of the contract (by default contracts/aliexpress.toml: every
+  categorical and numerical column) is read from the CSV column of the same name, typed as the
+  contract declares, so the model sees all of them. Columns are found by name: a contract column
+  the file lacks refuses the import; a file column no contract column names is reported as not imported.
 - scenario = the country, lower case (`nl`, `es`, `fr`, `us`, `ru`), read from an `AliExpress_<CC>`
   (or `aliexpress_<cc>`) component of the path, or given with `scenario=`.
 - A stream (for synthetic time, see `pipeline.importers`) is one country's files in the order given; a
@@ -22,8 +26,8 @@ found by name, so extra or missing numerical columns do not matter. Assumptions 
   *.csv sorted by name. Within a file, searches are laid end to end in order of first appearance,
   each taking as many row slots as it has rows; a search's time is its first slot. A search whose
   rows are scattered over the file thus takes one place in time, not its first row's, and every
-  day gets its share of the rows (± one search). A first pass over each file (the layout's
-  columns only) counts the rows per search; it also reads every row before any is written.
+  day gets its share of the rows (± one search). A first pass over each file (its search_id column
+  only) counts the rows per search; it also reads every row before any is written.
 - request_id = "ae-<cc>-<file stem>-<search_id>"; position = row order within the search. The file
   is part of the key because the processed files re-encode search ids per split (small integers,
   the same numbers in train.csv and test.csv): keyed by id alone, a test search joined the train
@@ -32,26 +36,23 @@ found by name, so extra or missing numerical columns do not matter. Assumptions 
   categorical columns (`user_columns`, default categorical_1..9): a pseudo-user, i.e. a profile
   cluster. item_id = stable hash of the country and the item categorical columns (`item_columns`,
   default categorical_10..16): a pseudo-item. Pass other column lists if you know better ones.
-- user_segment ← `segment_column` (categorical_1), item_category ← `category_column`
-  (categorical_10), item_price_bucket ← `price_column` (categorical_11), each hashed into the
-  simulator's vocabulary. Numerical features have no raw column and are not imported.
 - impression_id = "ae-<cc>-<file stem>-<data row number>".
 - Malformed: a line with the wrong number of fields (bad_column_count), an empty search_id
   (missing_search_id), a label other than 0/1 (bad_label), conversion without click
-  (conversion_without_click). The CSV is streamed in blocks with pyarrow, never loaded whole.
+  (conversion_without_click), a feature that is not a number (bad_value). The CSV is streamed in
+  blocks with pyarrow, never loaded whole.
 - Refused before anything is written (`ImportRefused`): a file without the layout's columns (an
-  empty file, another release), with a header and no data row, or whose first data row does not
-  have the header's number of fields; two files of one scenario with the same name (their ids
-  would collide). A CSV pyarrow cannot read half-way (e.g. invalid UTF-8) is refused when met, and
-  nothing is swapped into the lake.
+  empty file, another release) or without a column the contract declares, with a header and no data
+  row, or whose first data row does not have the header's number of fields; two files of one scenario
+  with the same name (their ids would collide). A CSV pyarrow cannot read half-way (e.g. invalid
+  UTF-8) is refused when met, and nothing is swapped into the lake.
 """
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,23 +64,32 @@ import pyarrow.csv as pv
 from tqdm import tqdm
 
 from msmt.settings import Settings
-from pipeline.importers import Batch, ImportRefused, RawWriter, first_line, refuse, shape
+from pipeline.importers import (
+    LABELS,
+    TRUE,
+    Batch,
+    ImportRefused,
+    RawWriter,
+    check_csv,
+    csv_blocks,
+    csv_inputs,
+    first_reason,
+    is_in,
+    load_contract,
+    row_text,
+)
 
+CONTRACT = "aliexpress.toml"  # the shipped contract (contracts/)
 _COUNTRY = re.compile(r"aliexpress_([a-z]{2})(?![a-z])", re.IGNORECASE)
-_TRUE = ("1", "1.0")
-_LABELS = ("0", "1", "0.0", "1.0")
 
 
 @dataclass(frozen=True)
 class AliExpressLayout:
-    """Which CSV columns feed which raw column (defaults: MTReclib's processed layout)."""
+    """Which CSV columns make the keys and labels (defaults: MTReclib's processed layout)."""
 
     request_column: str = "search_id"
     user_columns: tuple[str, ...] = tuple(f"categorical_{i}" for i in range(1, 10))
     item_columns: tuple[str, ...] = tuple(f"categorical_{i}" for i in range(10, 17))
-    segment_column: str = "categorical_1"
-    category_column: str = "categorical_10"
-    price_column: str = "categorical_11"
     click_column: str = "click"
     conversion_column: str = "conversion"
     block_size: int = 64 << 20  # bytes per streamed CSV block
@@ -90,9 +100,6 @@ class AliExpressLayout:
             self.request_column,
             *self.user_columns,
             *self.item_columns,
-            self.segment_column,
-            self.category_column,
-            self.price_column,
             self.click_column,
             self.conversion_column,
         ]
@@ -154,14 +161,20 @@ def import_aliexpress(
     scenarios: Sequence[str] | None = None,
     device: str = "unknown",
     layout: AliExpressLayout | None = None,
+    contract: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Import AliExpress CSVs into raw partitions for `days` days from `start`; returns the report."""
+    """Import AliExpress CSVs into raw partitions for `days` days from `start`; returns the report.
+
+    `contract`: the data contract to write (default contracts/aliexpress.toml).
+    """
     layout = layout or AliExpressLayout()
     streams = discover(paths, scenario)
-    for path in (f for files in streams.values() for f in files):  # fail before touching the lake
-        _check_layout(path, layout)
-    with RawWriter(settings, start, days, device=device, scenarios=scenarios) as writer:
+    data_contract = load_contract(settings, contract, CONTRACT)
+    with RawWriter(settings, data_contract, start, days, device=device, scenarios=scenarios) as writer:
+        sources = {column.name: column.name for column in writer.inputs}
+        for path in (f for files in streams.values() for f in files):  # fail before touching the lake
+            writer.leave_out(path, check_csv(path, layout.columns, sources, data_contract))
         for name, files in streams.items():
             slots = [count_searches(f, layout) for f in files]
             total = max(sum(s.rows for s in slots), 1)
@@ -178,7 +191,7 @@ def import_aliexpress(
 def count_searches(path: Path, layout: AliExpressLayout) -> SearchSlots:
     """Rows per search of one file, searches in order of first appearance (malformed lines skipped here)."""
     rows: dict[str, int] = {}
-    for record in _records(path, layout, lambda _: "skip"):
+    for record in csv_blocks(path, [layout.request_column], layout.block_size, lambda _: "skip"):
         codes, searches = pd.factorize(_search(record, layout).to_numpy(zero_copy_only=False))
         for search, n in zip(searches.tolist(), np.bincount(codes).tolist(), strict=True):
             rows[search] = rows.get(search, 0) + n
@@ -202,80 +215,41 @@ def _batches(
         writer.reject("bad_column_count", f"{where}:{row.number}: {row.text}")
         return "skip"
 
+    sources = {column.name: column.name for column in writer.inputs}
+    columns = list(dict.fromkeys([*layout.columns, *sources]))
     seen = 0  # well-formed data rows so far: numbers the impressions
     prefix = f"ae-{scenario}-{path.stem}-"
-    for record in _records(path, layout, on_invalid):
+    for record in csv_blocks(path, columns, layout.block_size, on_invalid):
         n = record.num_rows
         if not n:
             continue
         first, seen = seen, seen + n
         index = np.arange(first, first + n)
-        column = record.column
-        click_s, conv_s = column(layout.click_column), column(layout.conversion_column)
+        click_s, conv_s = record.column(layout.click_column), record.column(layout.conversion_column)
         request = _search(record, layout)
-        labels_ok = _is_in(click_s, _LABELS) & _is_in(conv_s, _LABELS)
-        click, conversion = _is_in(click_s, _TRUE), _is_in(conv_s, _TRUE)
-        has_request = pc.greater(pc.utf8_length(request), 0).to_numpy(zero_copy_only=False)
-        reasons = np.where(
-            ~has_request,
-            "missing_search_id",
-            np.where(~labels_ok, "bad_label", np.where(conversion & ~click, "conversion_without_click", "")),
+        click, conversion = is_in(click_s, TRUE), is_in(conv_s, TRUE)
+        inputs, bad_value = csv_inputs(record, writer.inputs, sources)
+        reasons = first_reason(
+            (~pc.greater(pc.utf8_length(request), 0).to_numpy(zero_copy_only=False), "missing_search_id"),
+            (~(is_in(click_s, LABELS) & is_in(conv_s, LABELS)), "bad_label"),
+            (conversion & ~click, "conversion_without_click"),
+            (bad_value, "bad_value"),
         )
-        bad = np.flatnonzero(reasons != "")
-        for k in bad.tolist():
-            writer.reject(str(reasons[k]), f"{where}:{index[k] + 2}: " + ",".join(_row_text(record, k)))
-        good = np.flatnonzero(reasons == "")
-        if len(good) < n:
-            record = record.take(pa.array(good))
-            column = record.column
-            click, conversion, index = click[good], conversion[good], index[good]
-            request = request.take(pa.array(good))
-        yield Batch(
+        for k in np.flatnonzero(reasons != "").tolist():
+            writer.reject(str(reasons[k]), f"{where}:{index[k] + 2}: {row_text(record, k)}")
+        batch = Batch(
             impression_id=pa.array([f"{prefix}{k}" for k in index.tolist()], pa.string()),
             request_key=pc.binary_join_element_wise(prefix, request, ""),
-            scenario=pa.array(np.full(len(good), scenario, dtype=object), pa.string()),
+            scenario=pa.array(np.full(n, scenario, dtype=object), pa.string()),
             user_key=_joined(record, scenario, layout.user_columns),
             item_key=_joined(record, scenario, layout.item_columns),
-            segment_key=column(layout.segment_column),
-            category_key=column(layout.category_column),
-            price_key=column(layout.price_column),
             click=click,
             conversion=conversion,
             frac=(offset + slots.of(request)) / total,
+            inputs=inputs,
         )
-
-
-def _records(
-    path: Path, layout: AliExpressLayout, on_invalid: Callable[[pv.InvalidRow], str]
-) -> Iterator[pa.RecordBatch]:
-    """The layout's columns of one CSV, block by block; a block pyarrow cannot read refuses the file."""
-    try:
-        yield from pv.open_csv(
-            path,
-            read_options=pv.ReadOptions(block_size=layout.block_size),
-            parse_options=pv.ParseOptions(invalid_row_handler=on_invalid),
-            convert_options=pv.ConvertOptions(
-                include_columns=layout.columns, column_types=dict.fromkeys(layout.columns, pa.string())
-            ),
-        )
-    except pa.ArrowInvalid as error:
-        raise ImportRefused(f"{path}: unreadable CSV ({error})") from error
-
-
-def _check_layout(path: Path, layout: AliExpressLayout) -> None:
-    """Refuse a file without the layout's columns, or whose first data row does not fit its header."""
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        rows = csv.reader(f)
-        header = [name.strip() for name in next(rows, [])]
-        row = next(rows, None)
-    missing = [c for c in layout.columns if c not in header]
-    if missing:
-        listed = ", ".join(missing[:5]) + (f", … ({len(missing)} in all)" if len(missing) > 5 else "")
-        raise refuse(path, f"missing columns {listed}; its first line is {shape(first_line(path))}")
-    if row is None:
-        raise refuse(path, "a header and no data row (an empty or cut file?)")
-    if len(row) != len(header):
-        raise refuse(path, f"its first data row has {len(row)} fields, its header {len(header)}")
+        good = np.flatnonzero(reasons == "")
+        yield batch if len(good) == n else batch.take(good)
 
 
 def _search(record: pa.RecordBatch, layout: AliExpressLayout) -> pa.Array:
@@ -283,16 +257,8 @@ def _search(record: pa.RecordBatch, layout: AliExpressLayout) -> pa.Array:
     return pc.utf8_trim_whitespace(record.column(layout.request_column))
 
 
-def _is_in(values: pa.Array, allowed: tuple[str, ...]) -> np.ndarray:
-    return pc.is_in(pc.utf8_trim_whitespace(values), pa.array(allowed)).to_numpy(zero_copy_only=False)
-
-
 def _joined(record: pa.RecordBatch, scenario: str, columns: Sequence[str]) -> pa.Array:
     """`<scenario>|c1|c2|…` per row: the key of a pseudo-user / pseudo-item."""
     parts = [pa.array(np.full(record.num_rows, scenario, dtype=object), pa.string())]
     parts += [record.column(c) for c in columns]
     return pc.binary_join_element_wise(*parts, "|")
-
-
-def _row_text(record: pa.RecordBatch, k: int) -> list[str]:
-    return [str(record.column(i)[k].as_py()) for i in range(record.num_columns)]

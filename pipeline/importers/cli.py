@@ -23,7 +23,14 @@ Scenarios = Annotated[
     str | None,
     typer.Option(help="comma-separated scenarios to keep, in id order (default: all, largest first)"),
 ]
-Device = Annotated[str, typer.Option(help="device written on every impression (the datasets have none)")]
+Device = Annotated[
+    str,
+    typer.Option(help="device written on every impression if the contract has a `device` column (the data has none)"),
+]
+Contract = Annotated[
+    Path | None,
+    typer.Option(help="data contract to write the raw tables under (default: the dataset's own, in contracts/)"),
+]
 
 
 def _split(value: str | None) -> tuple[str, ...] | None:
@@ -44,7 +51,7 @@ def _finish(report: dict) -> None:
     from pipeline.importers import run_hint
 
     typer.echo(json.dumps(report, indent=1, default=str))
-    typer.echo(f"\n# point the pipeline at the imported scenarios, then run it:\n{run_hint(report)}")
+    typer.echo(f"\n# point the pipeline at the imported contract and scenarios, then run it:\n{run_hint(report)}")
 
 
 def _settings() -> Settings:
@@ -62,6 +69,7 @@ def aliexpress(
     ] = None,
     scenarios: Scenarios = None,
     device: Device = "unknown",
+    contract: Contract = None,
     user_columns: Annotated[
         str | None, typer.Option(help="comma-separated columns whose values make the pseudo-user id")
     ] = None,
@@ -80,7 +88,15 @@ def aliexpress(
     settings, keep = _settings(), _split(scenarios)
     with _refusal_exits():
         report = import_aliexpress(
-            settings, paths, start, days, scenario=scenario, scenarios=keep, device=device, layout=layout
+            settings,
+            paths,
+            start,
+            days,
+            scenario=scenario,
+            scenarios=keep,
+            device=device,
+            layout=layout,
+            contract=contract,
         )
     _finish(report)
 
@@ -92,10 +108,14 @@ def aliccp(
     days: Days = 7,
     scenarios: Scenarios = None,
     device: Device = "unknown",
+    contract: Contract = None,
 ) -> None:
-    """Ali-CCP (Tianchi 408) sample_skeleton_* + common_features_* pairs: field 301 is the scenario."""
+    """Ali-CCP (Tianchi 408): the raw sample_skeleton_* + common_features_* pairs, or the processed
+    ali_ccp_*.csv (told apart by their first line); field 301 is the scenario."""
     from pipeline.importers.aliccp import import_aliccp
 
     with _refusal_exits():
-        report = import_aliccp(_settings(), paths, start, days, scenarios=_split(scenarios), device=device)
+        report = import_aliccp(
+            _settings(), paths, start, days, scenarios=_split(scenarios), device=device, contract=contract
+        )
     _finish(report)

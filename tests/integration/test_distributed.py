@@ -19,7 +19,7 @@ OVERRIDES = {"epochs": 3, "batch_size": 256, "lr": 5e-3, "emb_dim": 8, "n_expert
 
 def _evaluate(settings, uri: str, out: str) -> tuple[list[float], float]:
     """Held-out AUC per task and the summed per-task BCE of the saved weights on the whole held-out day."""
-    spec = default_spec(len(settings.scenarios), settings.tasks)
+    spec = default_spec(len(settings.scenarios))
     _, eval_table = split_by_day(read_training_set(settings, uri), EVAL_DS)
     data = encode(eval_table, spec)
     model = build_model(

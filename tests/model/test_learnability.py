@@ -49,7 +49,7 @@ def split(spark, tmp_path_factory):
         for column in schemas.feature_columns(view):
             field = schemas.FEATURES[view].field(column)
             table = table.append_column(field, pa.nulls(table.num_rows, field.type))
-    spec = default_spec(len(settings.scenarios), settings.tasks)
+    spec = default_spec(len(settings.scenarios))
     train, held_out = split_by_day(table, DAYS[-1])
     return settings, spec, encode(train, spec), encode(held_out, spec)
 

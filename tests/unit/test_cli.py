@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from msmt import lake
+from msmt import contract, lake
 from msmt.settings import Settings
 from pipeline.cli import app
 
@@ -68,3 +70,32 @@ def test_a_wrongly_typed_override_is_refused(tmp_path, monkeypatch):
     result = runner.invoke(app, ["run", "--ds", "2026-03-09", "--set", "epochs=two"])
     assert result.exit_code == 2, result.output
     assert "epochs='two'" in result.output and "expected int" in result.output
+
+
+def test_contract_shows_what_derives_from_the_active_contract_and_refuses_a_bad_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSMT_CONTRACT", "contracts/aliexpress.toml")  # a shipped one, named from anywhere
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["contract"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout[result.stdout.index("{") :])
+    assert len(shown["inputs"]["dense"]) == 63 and "categorical_16" in shown["inputs"]["sparse"]
+    assert shown["feature_service"].startswith("ranker_aliexpress_") and shown["inputs"]["sequence"] == []
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(contract.DEFAULT.read_text().replace('role = "item_key"', 'role = "item"'))
+    result = runner.invoke(app, ["contract", str(bad)])
+    assert result.exit_code == 2
+    assert f"contract {bad}: table impressions, column item_id: role 'item'" in result.output
+
+
+def test_check_raw_names_a_day_that_breaks_the_contract(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSMT_HOME", str(tmp_path))
+    simulated = runner.invoke(app, ["simulate", "--start", "2026-03-01", "--days", "1", "--impressions-per-day", "300"])
+    assert simulated.exit_code == 0, simulated.output
+    assert runner.invoke(app, ["check-raw", "--day", "2026-03-01"]).exit_code == 0
+    shifted = tmp_path / "shifted.toml"  # the logs say `item_id`, this contract `sku`
+    shifted.write_text(contract.DEFAULT.read_text().replace("item_id = {", "sku = {"))
+    monkeypatch.setenv("MSMT_CONTRACT", str(shifted))
+    result = runner.invoke(app, ["check-raw", "--day", "2026-03-01"])
+    assert result.exit_code == 2
+    assert "raw impressions ds=2026-03-01: columns differ from the contract: missing sku" in result.output

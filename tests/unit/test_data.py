@@ -63,7 +63,7 @@ def training_table(n: int = 6, seed: int = 0) -> pa.Table:
 
 @pytest.fixture
 def spec() -> FeatureSpec:
-    return default_spec(4, TASKS)
+    return default_spec(4)
 
 
 def test_default_spec_covers_contract(spec):
@@ -137,7 +137,7 @@ def test_hashing_is_stable_across_processes(spec):
     """Ids must not depend on PYTHONHASHSEED (Python's hash()) or the process."""
     script = (
         "from tests.unit.test_data import training_table; from training.data import default_spec, encode;"
-        "print(encode(training_table(), default_spec(4, ('click', 'conversion'))).sparse.sum(0).tolist())"
+        "print(encode(training_table(), default_spec(4)).sparse.sum(0).tolist())"
     )
     env = {"PYTHONHASHSEED": "123"}  # this process has a random one
     out = subprocess.run(
@@ -206,7 +206,7 @@ def test_read_and_split_by_day(tmp_path):
     # From the files: the same split, read day by day (filters pushed down), tables not kept.
     assert rows_per_day(Settings(), str(root)) == {"2024-01-01": 3, "2024-01-02": 3}
     assert read_held_out(Settings(), str(root), "2024-01-02").equals(held_out)
-    spec = default_spec(4, ("click", "conversion"))
+    spec = default_spec(4)
     pq.write_table(training_table(n=8, seed=5), root / "part-1.parquet")  # a second file: order across files
     back = read_training_set(Settings(), str(root))
     train, held_out = split_by_day(back, "2024-01-02")

@@ -18,7 +18,7 @@ def test_every_model_has_a_versioned_file_whose_fields_exist(name):
     assert version >= 1
     train_cfg, model_fields = split_overrides(Settings(), values)
     assert isinstance(train_cfg, TrainConfig)
-    build_model(name, default_spec(4, ("click", "conversion")), **model_fields)  # unknown fields raise
+    build_model(name, default_spec(4), **model_fields)  # unknown fields raise
 
 
 def test_overrides_win_over_the_file():

@@ -103,7 +103,7 @@ def test_mdl_rankmixer_token_mixing_is_a_head_shuffle():
 
 
 def test_mdl_semantic_feature_groups():
-    spec = default_spec(3, ("click", "conversion"))
+    spec = default_spec(3)
     names = [*spec.sparse_fields, "<dense>", "<seq>"]
     groups = [[names[i] for i in g] for g in semantic_groups(spec, "semantic")]
     assert groups == [
