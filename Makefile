@@ -8,7 +8,7 @@ export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install demo test test-unit test-integration e2e lint format airflow-ui mlflow-ui clean
+.PHONY: install chromium demo test test-unit test-integration e2e lint format airflow-ui mlflow-ui clean
 
 install: $(STAMP)
 
@@ -22,14 +22,26 @@ $(STAMP): requirements.lock pyproject.toml
 demo: install  ## the main job: a simulated week, then msmt_daily for two days
 	$(BIN)/msmt demo
 
-test: install  ## the whole suite (what CI runs): the import contracts, then every test
+# The report test opens the daily HTML report in headless Chromium (Debian's package); root installs it.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "chromium is missing (the report test needs it); as root: apt-get install -y --no-install-recommends chromium" >&2; \
+	    exit 1; \
+	  fi; \
+	  echo "installing chromium (apt-get)"; \
+	  apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	}
+
+test: install chromium  ## the whole suite (what CI runs): the import contracts, then every test
 	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 test-unit: install
 	$(BIN)/pytest tests/unit
 
-test-integration: install
+test-integration: install chromium
 	$(BIN)/pytest -m integration
 
 e2e: install

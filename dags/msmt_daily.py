@@ -20,6 +20,11 @@ before it and holds the sample day out for the gate.
 | `train_model` | torchrun workers (local) or the pod's outputs (cluster) → MLflow run + version | not retried |
 | `evaluate_model` | champion vs challenger per scenario × task | retried |
 | `promote_model` | `champion` alias moves only on pass | not retried |
+| `write_report` | HTML report → lake `reports/ds=….html` and the challenger's MLflow run | retried; always runs |
+
+`write_report` is a teardown: it runs once every other task is done, whether the gate passed, failed or
+was never reached, and Airflow leaves it out of the run's state, so a report can neither turn a failed
+run into a success nor fail a run that succeeded (a failed report is a failed task, visible on its own).
 
 All logic lives in `pipeline.steps` (the pod in `pipeline.pods`); tasks only pass the day's plan
 (`DayPlan.to_dict` / `from_dict`), URIs and versions. Every task
@@ -132,6 +137,15 @@ def msmt_daily():
         """#### Move the `champion` alias only if the gate passed (and the run may promote)"""
         return steps.promote_model(Settings.from_env(), DayPlan.from_dict(plan), decision)
 
+    @task
+    @fail_fast
+    def write_report() -> str:
+        """#### The run's HTML report: gate matrix, intervals, history, data checks, lineage"""
+        context = get_current_context()
+        ti = context["ti"]
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id])[ti.run_id]
+        return steps.write_report(Settings.from_env(), context["logical_date"].date().isoformat(), states)
+
     plan = plan_day()
     raw_checks = check_raw_logs(plan)
     samples = build_samples(plan, raw_checks)
@@ -143,7 +157,7 @@ def msmt_daily():
         from pipeline.pods import training_pod
 
         training_set >> training_pod(SETTINGS) >> trained
-    promote_model(plan, evaluate_model(plan, training_set, trained))
+    promote_model(plan, evaluate_model(plan, training_set, trained)) >> write_report().as_teardown()
 
 
 msmt_daily()

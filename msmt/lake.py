@@ -10,6 +10,7 @@
     training_runs/ds=…/<model>/           a training pod's weights and metrics (cluster profile)
     checks/<suite>/ds=….json              Great Expectations results
     gate/ds=….json                        gate decisions
+    reports/ds=….html                     the run's HTML report (pipeline.report), keyed by run day
     _staging/import-<token>/              an import being parsed, swapped in day by day when complete
     mlflow-artifacts/<experiment>/        MLflow artifacts (cluster profile, lake on S3)
 
@@ -75,6 +76,11 @@ def check_result(settings: Settings, suite: str, ds: str) -> str:
 
 def gate_report(settings: Settings, ds: str) -> str:
     return f"{table(settings, 'gate')}/ds={ds}.json"
+
+
+def report(settings: Settings, ds: str) -> str:
+    """The self-contained HTML report of the run for day `ds` (the run day, not its held-out day)."""
+    return f"{table(settings, 'reports')}/ds={ds}.html"
 
 
 def training_output(settings: Settings, ds: str, model: str) -> str:

@@ -76,6 +76,8 @@ class Settings:
     gate_bootstrap: int = 200
     gate_advisory_scenarios: tuple[str, ...] = field(default_factory=tuple)
     gate_allow_unjudged: bool = False  # promote a decision in which no cell had enough data to be judged
+    gate_alpha: float = 0.05  # family-wise level: Holm across the compared cells (needs bootstrap ≥ cells/alpha − 1)
+    gate_block_seesaw: bool = False  # fail on a seesaw (a task significantly up, another in its scenario down)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

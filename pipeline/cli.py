@@ -239,6 +239,14 @@ def status(last: Annotated[int, typer.Option(help="how many judged days")] = 14)
 
 
 @app.command()
+def report(ds: Day) -> None:
+    """Write the HTML report of the run for `ds` to the lake (and the day's challenger MLflow run); print where."""
+    from pipeline import steps
+
+    typer.echo(steps.write_report(_settings(), ds))
+
+
+@app.command()
 def models() -> None:
     """List the model zoo."""
     from training.models import REGISTRY

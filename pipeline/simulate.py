@@ -83,6 +83,18 @@ class SimConfig:
     malformed_rate: float = 0.002  # share of rows made malformed, per raw table
 
 
+# Balanced scenarios and generous rates on a small world: every cell of a held-out day of ~30k rows
+# has enough positives to judge (>= ~100), the world the learnability test and the gate bench use.
+JUDGEABLE = SimConfig(
+    n_users=3_000,
+    n_items=600,
+    scenario_shares=(0.4, 0.3, 0.2, 0.1),
+    scenario_ctr=(0.15, 0.2, 0.15, 0.12),
+    scenario_cvr=(0.3, 0.3, 0.3, 0.3),
+    malformed_rate=0.0,
+)
+
+
 @dataclass
 class _Users:
     vec: np.ndarray  # (U, d) latent taste, click

@@ -69,19 +69,23 @@ def plan_day(
     overrides: dict | None = None,
     promote: bool = True,
 ) -> DayPlan:
-    """The days a run for `ds` reads and writes; `model` and its `overrides` are validated first (before any work)."""
+    """The days a run for `ds` reads and writes; the data contract, `model` and its `overrides` are validated
+    first, so a wrong one stops the run before any job reads a byte (ContractError names file, table, column)."""
     from training.hparams import check_overrides
 
+    contract = settings.data_contract
     overrides = dict(overrides or {})
     check_overrides(model, overrides)
     sample_ds = lake.shift(ds, -settings.attribution_window_days)
     train_days = tuple(lake.days_between(lake.shift(sample_ds, -settings.train_days), settings.train_days))
     log.info(
-        "run %s: samples for %s (attribution window %d d), training on %s",
+        "run %s: samples for %s (attribution window %d d), training on %s, contract %s (%s)",
         ds,
         sample_ds,
         settings.attribution_window_days,
         ", ".join(train_days),
+        contract.name,
+        contract.source,
     )
     return DayPlan(ds, sample_ds, train_days, rebuild, model, overrides, promote)
 
@@ -220,3 +224,15 @@ def promote_model(settings: Settings, plan: DayPlan, decision: dict) -> dict:
         log.info("promote=False (experiment or backfill): the champion alias stays where it is")
         return {"promoted": False, "reason": "promotion disabled for this run (promote=false)"}
     return move_alias(settings, decision)
+
+
+def write_report(settings: Settings, ds: str, run_states: dict[str, str] | None = None) -> str:
+    """The run's HTML report, in the lake and on the challenger's MLflow run; its lake URI.
+
+    Takes the run day rather than a plan: it also reports a run whose `plan_day`
+    failed. `run_states` (task → state of the same run) lets it tell this run's
+    results from those an earlier run of the day left in the lake.
+    """
+    from pipeline.report import write_report as write
+
+    return write(settings, ds, run_states)

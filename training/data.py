@@ -17,6 +17,7 @@ Id encoding (id 0 is reserved everywhere for null / unknown / sequence padding):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 
@@ -31,6 +32,8 @@ from msmt import storage
 from msmt.contract import DERIVED, FROM_DATA, Contract
 from msmt.ids import string_digests
 from msmt.settings import Settings
+
+log = logging.getLogger("msmt.data")
 
 _BATCH_KEYS = ("sparse", "dense", "seq", "scenario", "labels", "label_mask", "group")
 
@@ -463,6 +466,17 @@ def load_split(settings: Settings, uri: str, spec: FeatureSpec, eval_ds: str) ->
     if len(held_out) == 0:
         raise ValueError(f"no rows with ds == {eval_ds!r} in {uri}")
     return train, held_out
+
+
+def with_unknown_dense(table: pa.Table, spec: FeatureSpec) -> pa.Table:
+    """`table` with every dense input it lacks as a null (unknown) column, named in a warning: a file from
+    elsewhere, or samples read without the feature store, have no aggregates."""
+    absent = [name for name in spec.dense_fields if name not in table.column_names]
+    if absent:
+        log.warning("no columns %s in the table: they are unknown (null) inputs", absent)
+    for name in absent:
+        table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
+    return table
 
 
 def split_by_day(table: pa.Table, eval_ds: str) -> tuple[pa.Table, pa.Table]:

@@ -8,6 +8,7 @@ the bootstrap draws requests, and every row counts as many times as its request.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -112,6 +113,15 @@ def _weighted_metric(metric: str, y: np.ndarray, s: np.ndarray, weights: np.ndar
     raise ValueError(f"unknown metric {metric!r}; known: {sorted(HIGHER_IS_BETTER)}")
 
 
+class PairedBootstrap(NamedTuple):
+    """metric(new) − metric(old), its 95% percentile interval and the one-sided p of "new is worse"."""
+
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_worse: float
+
+
 def paired_bootstrap(
     y: np.ndarray,
     s_new: np.ndarray,
@@ -120,20 +130,30 @@ def paired_bootstrap(
     n_boot: int = 200,
     seed: int = 0,
     metric: str = "auc",
-) -> tuple[float, float, float]:
+) -> PairedBootstrap:
     """metric(new) − metric(old) on all rows, with a 95% percentile interval from `n_boot`
-    request-level resamples shared by both models (paired). nan when undefined."""
+    request-level resamples shared by both models (paired). nan when undefined.
+
+    `p_worse` reads the same resamples as a one-sided test of "new is worse than old":
+    (k + 1) / (B + 1), k of the B resamples in which new is at least as good. The +1 keeps
+    p above 0, since B resamples cannot show an effect rarer than 1 in B + 1; a
+    multiple-comparison correction divides α by the number of cells, so p = 0 would
+    pass any threshold however many cells share it.
+    """
     y, s_new, s_old = (np.asarray(a, dtype=np.float64) for a in (y, s_new, s_old))
     diff = metric_value(metric, y, s_new) - metric_value(metric, y, s_old)
+    undefined = PairedBootstrap(diff, float("nan"), float("nan"), float("nan"))
     if len(y) == 0 or n_boot < 1:
-        return diff, float("nan"), float("nan")
+        return undefined
     weights = group_weights(groups, n_boot, np.random.default_rng(seed))
     diffs = _weighted_metric(metric, y, s_new, weights) - _weighted_metric(metric, y, s_old, weights)
     diffs = diffs[np.isfinite(diffs)]  # a resample with a single class has no AUC
     if len(diffs) == 0:
-        return diff, float("nan"), float("nan")
+        return undefined
     lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return diff, float(lo), float(hi)
+    at_least_as_good = diffs >= 0 if HIGHER_IS_BETTER[metric] else diffs <= 0
+    p_worse = (int(at_least_as_good.sum()) + 1) / (len(diffs) + 1)
+    return PairedBootstrap(diff, float(lo), float(hi), p_worse)
 
 
 def score_cells(model, data, scenario_names, tasks) -> list[dict]:

@@ -22,7 +22,6 @@ Hyper-parameters resolve as in the pipeline: the settings' defaults, then
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,24 +32,19 @@ from torch import nn
 
 from msmt.settings import Settings
 from training import hparams
-from training.data import FeatureSpec, data_vocab_sizes, encode, read_training_set, spec_for, split_by_day
+from training.data import (
+    FeatureSpec,
+    data_vocab_sizes,
+    encode,
+    read_training_set,
+    spec_for,
+    split_by_day,
+    with_unknown_dense,
+)
 from training.evaluate import score_cells
 from training.models import build_model
 from training.trainer import FitResult, fit
 from training.worker import split_overrides
-
-log = logging.getLogger("msmt.experiment")
-
-
-def _with_unknown_features(table: pa.Table, spec: FeatureSpec) -> pa.Table:
-    """A table without some of the spec's dense columns (a file from elsewhere has no feature views):
-    those become null, i.e. unknown, and the warning says which."""
-    absent = [name for name in spec.dense_fields if name not in table.column_names]
-    if absent:
-        log.warning("no columns %s in the table: they are unknown (null) inputs", absent)
-    for name in absent:
-        table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
-    return table
 
 
 @dataclass
@@ -91,7 +85,7 @@ def train_and_score(
         raise ValueError(f"no training rows before {eval_ds}")
     sizes = data_vocab_sizes(settings.data_contract, train_table)
     spec = spec or spec_for(settings.data_contract, len(scenarios), sizes)
-    train_table, eval_table = _with_unknown_features(train_table, spec), _with_unknown_features(eval_table, spec)
+    train_table, eval_table = with_unknown_dense(train_table, spec), with_unknown_dense(eval_table, spec)
     train, held_out = encode(train_table, spec), encode(eval_table, spec)
     torch.manual_seed(train_cfg.seed)
     net = build_model(model, spec, **model_overrides)

@@ -82,6 +82,8 @@ def evaluate_and_gate(settings: Settings, training_set_uri: str, eval_ds: str, c
         min_positives=settings.gate_min_positives,
         advisory_scenarios=settings.gate_advisory_scenarios,
         allow_unjudged=settings.gate_allow_unjudged,
+        alpha=settings.gate_alpha,
+        block_seesaw=settings.gate_block_seesaw,
         n_boot=settings.gate_bootstrap,
     )
     decision = decide(

@@ -93,6 +93,7 @@ def test_day2_logs_the_full_gate_matrix(world, day2):
     check = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/checks/samples/ds={sample_ds}.json")
     assert check["success"] and check["ds"] == sample_ds  # the data checks travel with the model
     assert Path(lake.gate_report(world, plan_day(world, DAY2).sample_ds)).exists()
+    assert all(f'data-scenario="{s}"' in Path(lake.report(world, DAY2)).read_text() for s in world.scenarios)
 
 
 def test_rerunning_day1_is_idempotent_and_keeps_aliases_sound(world, day1, day2):
@@ -153,3 +154,15 @@ def test_a_bad_override_stops_the_run_in_plan_day(world, day2):
     assert _tries(outcome.run_id, "plan_day") == 1
     summary = orchestration.run_summary(outcome)
     assert "unknown override(s) n_expertz for mmoe" in summary and "n_experts" in summary
+
+
+def test_a_wrong_contract_stops_the_run_in_plan_day_naming_file_table_and_column(world, day2, tmp_path):
+    from msmt import contract
+
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text(contract.DEFAULT.read_text().replace('entities = ["item", "scenario"]', 'entities = ["shop"]'))
+    outcome = orchestration.run_daily(world.with_(contract=str(wrong)), DAY2)
+    assert outcome.failed_task == "plan_day" and outcome.tasks["check_raw_logs"] == "upstream_failed"
+    assert _tries(outcome.run_id, "plan_day") == 1  # a contract is deterministic: no retry
+    summary = orchestration.run_summary(outcome)
+    assert f"contract {wrong}: feature view item_scenario_stats: entities ['shop']" in summary

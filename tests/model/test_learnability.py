@@ -9,16 +9,14 @@ model's weakest cell scores 0.66–0.72 on it (2026-11-29), well past the margin
 
 from __future__ import annotations
 
-import pyarrow as pa
 import pytest
 import torch
 
 from feature_repo.publish import read_samples
-from msmt import schemas
 from msmt.settings import Settings
-from pipeline.simulate import SimConfig, simulate
+from pipeline.simulate import JUDGEABLE, simulate
 from spark_jobs import build_samples
-from training.data import default_spec, encode, split_by_day
+from training.data import default_spec, encode, split_by_day, with_unknown_dense
 from training.evaluate import score_cells
 from training.models import REGISTRY, build_model
 from training.trainer import TrainConfig, fit
@@ -32,25 +30,14 @@ MARGIN = 0.08  # AUC at least 0.58 in every cell
 @pytest.fixture(scope="module")
 def split(spark, tmp_path_factory):
     settings = Settings(home=tmp_path_factory.mktemp("learnability"), spark_driver_memory="2g")
-    world = SimConfig(
-        n_users=3_000,
-        n_items=600,
-        scenario_shares=(0.4, 0.3, 0.2, 0.1),
-        scenario_ctr=(0.15, 0.2, 0.15, 0.12),
-        scenario_cvr=(0.3, 0.3, 0.3, 0.3),
-        malformed_rate=0.0,
-    )
+    world = JUDGEABLE
     simulate(
         settings, START, len(DAYS) + settings.attribution_window_days, 30_000, seed=11, config=world, progress=False
     )
     for day in DAYS:
         build_samples.run(spark, settings, day)
-    table = read_samples(settings, list(DAYS))
-    for view in schemas.FEATURES:  # no feature store here: every aggregate is "unknown"
-        for column in schemas.feature_columns(view):
-            field = schemas.FEATURES[view].field(column)
-            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     spec = default_spec(len(settings.scenarios))
+    table = with_unknown_dense(read_samples(settings, list(DAYS)), spec)  # no feature store: aggregates unknown
     train, held_out = split_by_day(table, DAYS[-1])
     return settings, spec, encode(train, spec), encode(held_out, spec)
 

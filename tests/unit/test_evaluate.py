@@ -57,9 +57,11 @@ def scores(n: int, gap: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def test_bootstrap_excludes_zero_when_one_model_is_clearly_better():
     y, better, worse, groups = scores(20_000, 1.5, 0)
-    diff, lo, hi = paired_bootstrap(y, better, worse, groups, n_boot=200, seed=0)
+    diff, lo, hi, p_worse = paired_bootstrap(y, better, worse, groups, n_boot=200, seed=0)
     assert diff == pytest.approx(auc(y, better) - auc(y, worse))
     assert 0 < lo < diff < hi
+    assert p_worse == 1.0  # "better is worse": every resample disagrees, k = B
+    assert paired_bootstrap(y, worse, better, groups, n_boot=200, seed=0).p_worse == pytest.approx(1 / 201)
 
 
 def test_bootstrap_interval_covers_the_true_diff():
@@ -69,20 +71,23 @@ def test_bootstrap_interval_covers_the_true_diff():
     covered = 0
     for seed in range(20):
         y, better, worse, groups = scores(4000, 0.3, seed)
-        _, lo, hi = paired_bootstrap(y, better, worse, groups, n_boot=200, seed=seed)
+        _, lo, hi, _ = paired_bootstrap(y, better, worse, groups, n_boot=200, seed=seed)
         covered += lo <= truth <= hi
     assert covered >= 16
 
 
 def test_same_model_interval_contains_zero():
     y, better, _, groups = scores(5000, 0.0, 1)
-    assert paired_bootstrap(y, better, better, groups, n_boot=50) == (0.0, 0.0, 0.0)
-    contains_zero = 0
+    assert paired_bootstrap(y, better, better, groups, n_boot=50) == (0.0, 0.0, 0.0, 1.0)  # ties: not worse
+    contains_zero, p_values = 0, []
     for seed in range(20):  # two equally good models: 0 inside the 95% interval ~19 times in 20
         y, a, b, groups = scores(5000, 0.0, seed)
-        _, lo, hi = paired_bootstrap(y, a, b, groups, n_boot=200, seed=seed)
+        _, lo, hi, p_worse = paired_bootstrap(y, a, b, groups, n_boot=200, seed=seed)
         contains_zero += lo < 0 < hi
+        p_values.append(p_worse)
     assert contains_zero >= 17
+    assert all(1 / 201 <= p <= 1 for p in p_values)
+    assert sum(p <= 0.05 for p in p_values) <= 3  # a one-sided 5% test of equal models: ~1 in 20
 
 
 def test_grouped_resampling_keeps_groups_together():
@@ -98,8 +103,11 @@ def test_grouped_resampling_keeps_groups_together():
 def test_bootstrap_on_logloss_and_unknown_metric():
     y, better, worse, groups = scores(20_000, 1.0, 3)
     p_better, p_worse = 1 / (1 + np.exp(-2 * better)), 1 / (1 + np.exp(-worse))
-    diff, lo, hi = paired_bootstrap(y, p_better, p_worse, groups, n_boot=200, metric="logloss")
+    diff, lo, hi, p = paired_bootstrap(y, p_better, p_worse, groups, n_boot=200, metric="logloss")
     assert diff == pytest.approx(logloss(y, p_better) - logloss(y, p_worse)) and lo <= diff <= hi
     assert diff < 0 and hi < 0  # lower logloss is better: the better model's drop is significant
+    assert p == 1.0  # ... and not worse: "worse" follows the metric's direction
+    reverse = paired_bootstrap(y, p_worse, p_better, groups, n_boot=200, metric="logloss")
+    assert reverse.p_worse == pytest.approx(1 / 201)
     with pytest.raises(ValueError, match="unknown metric"):
         paired_bootstrap(y, better, worse, groups, metric="f1")
