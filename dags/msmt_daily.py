@@ -19,7 +19,7 @@ before it and holds the sample day out for the gate.
 | `train_pod` | cluster profile only: torchrun on `gpus` GPUs in a pod → weights + metrics | retried (resumes) |
 | `train_model` | torchrun workers (local) or the pod's outputs (cluster) → MLflow run + version | not retried |
 | `evaluate_model` | champion vs challenger per scenario × task | retried |
-| `promote_model` | `champion` alias moves only on pass | not retried |
+| `promote_model` | `champion` moves on a pass: scheduled runs only, unless `promote` says | not retried |
 | `write_report` | HTML report → lake `reports/ds=….html` and the challenger's MLflow run | retried; always runs |
 
 `write_report` is a teardown: it runs once every other task is done, whether the gate passed, failed or
@@ -65,7 +65,12 @@ SETTINGS = Settings.from_env()  # the profile decides the DAG's shape (a trainin
         "overrides": Param(
             {}, type="object", description="trainer / model config fields over training/configs/<model>.json"
         ),
-        "promote": Param(True, type="boolean", description="move the champion alias on a passing gate"),
+        "promote": Param(
+            None,
+            type=["null", "boolean"],
+            description="move the champion alias on a passing gate; unset: scheduled runs do, manual runs and "
+            "backfills do not",
+        ),
         "rebuild": Param(
             False, type="boolean", description="rebuild the training days' samples and features from raw logs"
         ),
@@ -81,7 +86,8 @@ def msmt_daily():
         """#### Which days this run reads and writes; the model and its overrides are checked here"""
         context = get_current_context()
         ds = context["logical_date"].date().isoformat()
-        return steps.plan_from_params(Settings.from_env(), ds, context["params"]).to_dict()
+        run_type = str(getattr(context["dag_run"].run_type, "value", context["dag_run"].run_type))
+        return steps.plan_from_params(Settings.from_env(), ds, context["params"], run_type).to_dict()
 
     @task
     @fail_fast

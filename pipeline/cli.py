@@ -98,6 +98,70 @@ def run(
         raise typer.Exit(code=1)
 
 
+airflow_app = typer.Typer(help="Airflow 3's api-server, scheduler and dag-processor for this profile.")
+app.add_typer(airflow_app, name="airflow")
+Port = Annotated[int, typer.Option(help="the api-server's port")]
+
+
+@airflow_app.command("up")
+def airflow_up(port: Port = 8080) -> None:
+    """Start the services (LocalExecutor, the profile's metadata DB) and unpause msmt_daily: the schedule runs."""
+    from pipeline import scheduler
+
+    try:
+        pids = scheduler.up(_settings(), port)
+    except StopRun as error:
+        raise _stopped(error) from None
+    typer.echo(f"airflow up on http://127.0.0.1:{port}: {pids}; `msmt airflow down` stops it")
+
+
+@airflow_app.command("down")
+def airflow_down() -> None:
+    """Stop the services this profile started (by process group)."""
+    from pipeline import scheduler
+
+    stopped = scheduler.down(_settings())
+    typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command()
+def backfill(
+    first: Annotated[str, typer.Option("--from", help="first run day YYYY-MM-DD")],
+    last: Annotated[str, typer.Option("--to", help="last run day YYYY-MM-DD (inclusive)")],
+    model: Annotated[str, typer.Option(help="model of the zoo (msmt models)")] = "mmoe",
+    promote: Annotated[bool, typer.Option(help="move the champion on passing days (a backfill does not)")] = False,
+    rebuild: Annotated[bool, typer.Option(help="reprocess the days' samples and features from raw logs")] = False,
+    keep_going: Annotated[bool, typer.Option(help="carry on after a failed day")] = False,
+    port: Port = 8080,
+    assignments: Assignments = None,
+) -> None:
+    """Backfill msmt_daily over past days through Airflow's scheduler, one day at a time, with a summary.
+
+    Needs the services (`msmt airflow up`). Days that already have a run are reused unless --rebuild.
+    """
+    from pipeline import backfill as backfills
+    from pipeline import steps
+
+    settings = _settings()
+    params = {"model": model, "promote": promote, "overrides": _overrides(assignments)}
+    try:
+        steps.plan_from_params(settings, first, params)  # a bad model or override fails here, before Airflow
+        backfill_id = backfills.create(settings, first, last, params, rebuild, port)
+
+        def progress(day: backfills.DayResult) -> None:
+            typer.echo(f"{day.ds}: {day.state}, gate {day.verdict}, champion {day.champion}")
+
+        results = backfills.follow(settings, backfill_id, progress, stop_on_failure=not keep_going)
+    except StopRun as error:
+        raise _stopped(error) from None
+    if not results:
+        typer.echo(f"nothing to do: every day {first} … {last} already has a run (--rebuild re-runs them)")
+        return
+    typer.echo(backfills.summary(results))
+    if any(day.state != "success" for day in results):
+        raise typer.Exit(code=1)
+
+
 @app.command()
 def contract(
     path: Annotated[str | None, typer.Argument(help="a contract file (default: MSMT_CONTRACT's)")] = None,

@@ -119,7 +119,9 @@ class RunOutcome:
 
 
 def run_daily(settings: Settings, ds: str, conf: dict | None = None) -> RunOutcome:
-    """One `msmt_daily` run for day `ds` through Airflow's own test runner.
+    """One `msmt_daily` run for day `ds` through Airflow's own test runner, standing in for the daily
+    schedule: a passing gate promotes unless `conf` says `promote: false` (the test runner's runs are
+    manual ones, which by themselves do not promote).
 
     Refused (StopRun) for a day before the DAG's start and while another process
     runs the same day; a run in which no task executed is an error too.
@@ -131,7 +133,7 @@ def run_daily(settings: Settings, ds: str, conf: dict | None = None) -> RunOutco
         )
     with locks.hold(settings, f"{DAG_ID}.{ds}", f"msmt_daily run of {ds}"):
         prepare(settings)
-        run = load_dag().test(logical_date=logical_date(ds), run_conf=conf or {})
+        run = load_dag().test(logical_date=logical_date(ds), run_conf={"promote": True, **(conf or {})})
     outcome = RunOutcome(ds, run.run_id, str(getattr(run.state, "value", run.state)), task_states(run.run_id))
     log.info("msmt_daily %s finished: %s", ds, outcome.state)
     if not any(state not in ("None", "removed", "skipped", "upstream_failed") for state in outcome.tasks.values()):

@@ -90,17 +90,22 @@ def plan_day(
     return DayPlan(ds, sample_ds, train_days, rebuild, model, overrides, promote)
 
 
-def plan_from_params(settings: Settings, ds: str, params: dict) -> DayPlan:
-    """The plan of a run from its DAG params (or the CLI's options): the one place `epochs` joins the overrides."""
+def plan_from_params(settings: Settings, ds: str, params: dict, run_type: str = "manual") -> DayPlan:
+    """The plan of a run from its DAG params (or the CLI's options): the one place `epochs` joins the overrides.
+
+    Whether a passing gate moves the champion is the run's type's to decide unless `promote` says so:
+    the daily schedule promotes, manual runs and backfills (replays of the past) do not.
+    """
     epochs = {"epochs": params["epochs"]} if params.get("epochs") else {}
     overrides = {**params.get("overrides", {}), **epochs}
+    promote = params.get("promote")
     return plan_day(
         settings,
         ds,
         params.get("rebuild", False),
         params.get("model", DEFAULT_MODEL),
         overrides,
-        params.get("promote", True),
+        run_type == "scheduled" if promote is None else bool(promote),
     )
 
 

@@ -52,3 +52,20 @@ def test_the_dag_enumerates_every_registered_model_without_importing_torch():
     from training.models import REGISTRY
 
     assert model_names() == sorted(REGISTRY)
+
+
+def test_the_run_type_decides_promotion_unless_the_params_say():
+    settings, day = Settings(), "2026-01-10"
+    assert plan_from_params(settings, day, {}, run_type="scheduled").promote
+    assert not plan_from_params(settings, day, {}, run_type="backfill").promote
+    assert not plan_from_params(settings, day, {"promote": None}, run_type="manual").promote
+    assert plan_from_params(settings, day, {"promote": True}, run_type="backfill").promote
+    assert not plan_from_params(settings, day, {"promote": False}, run_type="scheduled").promote
+
+
+def test_the_contract_comes_from_msmt_contract_and_travels_as_an_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({"MSMT_CONTRACT": "contracts/aliexpress.toml"})  # not here: the repo's
+    assert settings.data_contract.name == "aliexpress" and settings.contract_file.is_absolute()
+    assert Settings.from_env(settings.to_env()).data_contract.digest == settings.data_contract.digest
+    assert settings.tasks == ("click", "conversion") and Settings().data_contract.name == "simulator"
