@@ -84,6 +84,7 @@ STATISTICS = {
     "ctr": pa.float64(),  # smoothed towards the window's rate
     "cvr": pa.float64(),  # conversions per click, smoothed
 }
+DEFAULT_ATTRIBUTION_WINDOW = 2  # days, when the conversion label does not say
 FEATURE_TIMES = (("event_timestamp", TS), ("created_timestamp", TS))
 
 
@@ -133,6 +134,7 @@ class FeatureView:
     entities: tuple[str, ...]
     prefix: str
     statistics: tuple[str, ...] = tuple(STATISTICS)
+    window_days: int = 7  # the trailing days it aggregates, strictly before its day
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -156,6 +158,7 @@ class Contract:
     tables: dict[str, Table]
     labels: dict[str, str]  # task -> the raw table whose rows are its events, in the model's task order
     features: dict[str, FeatureView]
+    attribution_window_days: int  # a conversion counts this many days after its click (a click, after its impression)
     source: str  # the file it was read from
     digest: str  # sha256 of that file's bytes: what a model was trained under
 
@@ -235,12 +238,20 @@ def load(path: str | Path = DEFAULT) -> Contract:
         for role in roles:
             if present.count(role) != 1:
                 raise ContractError(f"{where}: table {name} needs exactly one column with role {role!r}")
-    labels = {}
+    labels, window = {}, DEFAULT_ATTRIBUTION_WINDOW
     for task, spec in _section(where, document, "labels").items():
+        unknown = set(spec) - {"table", "window_days", "doc"}
+        if unknown:
+            raise ContractError(f"{where}: label {task!r}: unknown field(s) {sorted(unknown)}")
         if spec.get("table") not in tables:
             named = spec.get("table")
             raise ContractError(f"{where}: label {task!r} names table {named!r}, not one of {sorted(tables)}")
         labels[task] = spec["table"]
+        if "window_days" in spec:
+            if spec["table"] != "conversions" or not _count(spec["window_days"]):
+                raise ContractError(f"{where}: label {task!r}: window_days (a whole number of days >= 0) "
+                                    "belongs to the conversions table's label")  # fmt: skip
+            window = spec["window_days"]
     if list(labels.values()) != ["clicks", "conversions"]:
         raise ContractError(f"{where}: labels must be two tasks, the clicks table's then the conversions "
                             f"table's (a conversion follows a click); got {labels}")  # fmt: skip
@@ -252,6 +263,7 @@ def load(path: str | Path = DEFAULT) -> Contract:
         tables=tables,
         labels=labels,
         features=features,
+        attribution_window_days=window,
         source=str(path),
         digest=hashlib.sha256(raw).hexdigest(),
     )
@@ -334,6 +346,9 @@ def _check_names(where: str, tables: dict[str, Table], tasks: tuple[str, ...]) -
 
 def _view(where: str, name: str, spec: dict) -> FeatureView:
     at = f"{where}: feature view {name}"
+    unknown = set(spec) - {"entities", "prefix", "statistics", "window_days", "doc"}
+    if unknown:
+        raise ContractError(f"{at}: unknown field(s) {sorted(unknown)}")
     entities = tuple(spec.get("entities", ()))
     if not entities or set(entities) - set(ENTITY_KEYS):
         raise ContractError(f"{at}: entities {list(entities)} must be a non-empty subset of {list(ENTITY_KEYS)}")
@@ -343,4 +358,11 @@ def _view(where: str, name: str, spec: dict) -> FeatureView:
                             f"choose from {list(STATISTICS)}")  # fmt: skip
     if not spec.get("prefix"):
         raise ContractError(f"{at}: needs a column `prefix`")
-    return FeatureView(name=name, entities=entities, prefix=spec["prefix"], statistics=statistics)
+    window = spec.get("window_days", FeatureView.window_days)
+    if not _count(window) or window < 1:
+        raise ContractError(f"{at}: window_days must be a whole number of days >= 1, got {window!r}")
+    return FeatureView(name=name, entities=entities, prefix=spec["prefix"], statistics=statistics, window_days=window)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

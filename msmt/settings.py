@@ -44,8 +44,7 @@ class Settings:
     # data
     contract: str = ""  # the data contract file; "" -> contracts/simulator.toml (a relative path: cwd, then repo)
     scenarios: tuple[str, ...] = DEFAULT_SCENARIOS
-    attribution_window_days: int = 2  # conversions may arrive this many days after the click
-    feature_window_days: int = 7  # trailing window of the user / item aggregates
+    attribution_window: int | None = None  # days a conversion may land after its click; None: the contract's
     train_days: int = 3  # sample days the model trains on; the next day is held out
     max_quarantine_rate: float = 0.05  # a day with more malformed raw rows fails check_raw
     max_out_of_vocab_rate: float = 0.01  # training stops when more ids of a sparse field fall outside its vocab
@@ -102,6 +101,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "contract" and value:
                 value = self.contract_file  # absolute: the other process may start elsewhere
+            if value is None:
+                value = ""  # unset: the other process reads "" as None too
             env[f"MSMT_{f.name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
         return env
 
@@ -120,6 +121,13 @@ class Settings:
     def data_contract(self) -> contracts.Contract:
         """The loaded, validated contract (read once per process and file version)."""
         return contracts.load_cached(self.contract_file)
+
+    @property
+    def attribution_window_days(self) -> int:
+        """How long labels take to mature: MSMT_ATTRIBUTION_WINDOW, else the contract's conversion label window."""
+        if self.attribution_window is None:
+            return self.data_contract.attribution_window_days
+        return self.attribution_window
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -165,6 +173,8 @@ _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no"
 def _parse(raw: str, annotation: object) -> object:
     """Turn an environment string into the field's type (annotations are strings here)."""
     kind = str(annotation)
+    if kind.endswith(" | None"):
+        return None if raw == "" else _parse(raw, kind.removesuffix(" | None"))
     if kind == "bool":
         if raw.strip().lower() not in _BOOLS:
             raise ValueError(f"expected one of {sorted(_BOOLS)}, got {raw!r}")

@@ -2,14 +2,14 @@
 
     spark-submit spark_jobs/build_features.py --ds 2026-01-08
 
-Day D's features summarise the raw logs of the `feature_window_days` days
-strictly before D (partitions D-window … D-1), cleaned with the same rules as
+Day D's features summarise, per view, the raw logs of the view's `window_days` days
+strictly before D (partitions D-window … D-1, declared in the data contract), cleaned with the same rules as
 the samples (spark_jobs.common): impressions, clicks (deduplicated per
 impression) and conversions (on those clicks, inside the attribution window,
 with ts before D). Nothing on or after D enters them, so joining day D's
 samples to them point-in-time leaks no label.
 
-Rates are smoothed towards the window's rate (of the scenario, for the
+Rates are smoothed towards the longest window's rate (of the scenario, for the
 per-scenario views) so that a key with few impressions does not get an extreme
 CTR: ctr = (clicks + K·ctr₀) / (impressions + K), cvr = (conversions + M·cvr₀) / (clicks + M).
 """
@@ -42,8 +42,9 @@ CVR_PRIOR_CLICKS = 20  # M: the same for conversions per click
 
 
 def window_days(settings: Settings, feature_ds: str) -> list[str]:
-    """The raw partitions day `feature_ds` aggregates: the window strictly before it."""
-    return lake.days_between(lake.shift(feature_ds, -settings.feature_window_days), settings.feature_window_days)
+    """The raw partitions day `feature_ds` aggregates: the longest view's window, strictly before it."""
+    longest = max(view.window_days for view in settings.data_contract.features.values())
+    return lake.days_between(lake.shift(feature_ds, -longest), longest)
 
 
 def extract(spark: SparkSession, settings: Settings, feature_ds: str) -> dict[str, DataFrame]:
@@ -62,6 +63,7 @@ def label_window(raw: dict[str, DataFrame], settings: Settings) -> DataFrame:
         flagged["impressions"], flagged["clicks"], flagged["conversions"], settings.data_contract
     )
     return labelled.select(
+        "ds",
         "user_id",
         "item_id",
         F.element_at(ids, F.col("scenario")).cast("long").alias("scenario_id"),
@@ -87,10 +89,11 @@ def prior_rates(labelled: DataFrame) -> dict[int | None, tuple[float, float]]:
 def aggregate(
     labelled: DataFrame, view: FeatureView, ctr_prior: Column, cvr_prior: Column, feature_ds: str
 ) -> DataFrame:
-    """The view's statistics per key, stamped 00:00 UTC of `feature_ds` (its contract layout)."""
+    """The view's statistics per key over its own window, stamped 00:00 UTC of `feature_ds` (its contract layout)."""
     stamp = F.lit(feature_ds).cast("timestamp")  # session time zone is UTC
     keys = view.key_columns
-    counts = labelled.groupBy(*keys).agg(
+    in_window = labelled.where(F.col("ds") >= lake.shift(feature_ds, -view.window_days))
+    counts = in_window.groupBy(*keys).agg(
         F.count("*").alias("impressions"),
         F.sum("click").cast("long").alias("clicks"),
         F.sum("conversion").cast("long").alias("conversions"),

@@ -120,3 +120,20 @@ def test_nothing_on_or_after_the_day_enters_its_features(spark, settings):
 
     for view, rows in before.items():
         assertDataFrameEqual(read_view(spark, settings, view), rows)
+
+
+def test_each_view_aggregates_its_own_window_from_the_contract(spark, settings, tmp_path):
+    """user_stats over 1 day, item_stats over 7: an impression three days back counts for the item only."""
+    from msmt import contract
+
+    text = contract.DEFAULT.read_text().replace('prefix = "u"\nwindow_days = 7', 'prefix = "u"\nwindow_days = 1')
+    (tmp_path / "short.toml").write_text(text)
+    short = settings.with_(contract=str(tmp_path / "short.toml"))
+    write_history(short)
+    d3 = lake.shift(D, -3)
+    write_raw(short, "impressions", d3, [impression("old", at(d3, 8), 1, 100, "homefeed")])
+    stats = build_features.run(spark, short, D)
+    assert stats["window"] == [lake.shift(D, -7), D1]  # the longest view's days are read
+    users = {r.user_id: r.u_impressions for r in spark.read.parquet(lake.features(short, "user_stats", D)).collect()}
+    items = {r.item_id: r.i_impressions for r in spark.read.parquet(lake.features(short, "item_stats", D)).collect()}
+    assert users[1] == 3 and items[100] == 4  # D-1's three for the user; the item's window reaches D-3

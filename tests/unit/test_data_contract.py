@@ -27,6 +27,15 @@ def test_the_default_contract_is_the_simulators_layout():
     assert schemas.IMPRESSIONS.equals(default.raw_schema("impressions")) and schemas.CONTRACT.digest == default.digest
 
 
+def test_the_windows_are_the_contracts(tmp_path):
+    default = contract.load()
+    assert default.attribution_window_days == 2 and {v.window_days for v in default.features.values()} == {7}
+    text = contract.DEFAULT.read_text().replace("window_days = 2", "window_days = 3")
+    text = text.replace('prefix = "us"\nwindow_days = 7', 'prefix = "us"\nwindow_days = 28')
+    mine = _write(tmp_path, text)
+    assert mine.attribution_window_days == 3 and mine.features["user_scenario_stats"].window_days == 28
+
+
 def test_a_view_with_fewer_statistics_has_only_those_columns(tmp_path):
     text = contract.DEFAULT.read_text().replace('prefix = "u"\n', 'prefix = "u"\nstatistics = ["clicks", "ctr"]\n')
     trimmed = _write(tmp_path, text)
@@ -53,8 +62,14 @@ def test_a_view_with_fewer_statistics_has_only_those_columns(tmp_path):
          "table impressions, column hour: the name is taken in the samples"),
         (('role = "sparse", hash_buckets = 1024,', 'role = "dense", hash_buckets = 1024,'),
          "table impressions, column device: a dense column must be numeric"),
-        (('[labels.click]\ntable = "clicks"\n[labels.conversion]\ntable = "conversions"',
-          '[labels.conversion]\ntable = "conversions"\n[labels.click]\ntable = "clicks"'),
+        (('window_days = 2', 'window_days = -1'),
+         "label 'conversion': window_days (a whole number of days >= 0)"),
+        (('prefix = "u"\nwindow_days = 7', 'prefix = "u"\nwindow_days = 0'),
+         "feature view user_stats: window_days must be a whole number of days >= 1"),
+        (('prefix = "i"\n', 'prefix = "i"\nwindow = 3\n'),
+         "feature view item_stats: unknown field(s) ['window']"),
+        (('[labels.click]\ntable = "clicks"\n[labels.conversion]\ntable = "conversions"\nwindow_days = 2\n',
+          '[labels.conversion]\ntable = "conversions"\nwindow_days = 2\n[labels.click]\ntable = "clicks"\n'),
          "labels must be two tasks, the clicks table's then the conversions table's"),
         (('entities = ["item", "scenario"]', 'entities = ["item", "shop"]'),
          "feature view item_scenario_stats: entities ['item', 'shop']"),

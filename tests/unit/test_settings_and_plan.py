@@ -17,7 +17,7 @@ def test_settings_round_trip_through_the_environment():
 
 
 def test_environment_overrides_defaults_and_explicit_overrides_win():
-    env = {"MSMT_ATTRIBUTION_WINDOW_DAYS": "3", "MSMT_SCENARIOS": "x, y", "MSMT_HOME": "/data/msmt"}
+    env = {"MSMT_ATTRIBUTION_WINDOW": "3", "MSMT_SCENARIOS": "x, y", "MSMT_HOME": "/data/msmt"}
     settings = Settings.from_env(env, epochs=9)
     assert settings.attribution_window_days == 3
     assert settings.scenarios == ("x", "y") and settings.scenario_ids == {"x": 0, "y": 1}
@@ -33,7 +33,7 @@ def test_every_piece_of_state_lives_under_home(tmp_path):
 
 @pytest.mark.parametrize(("window", "train_days"), [(2, 3), (3, 1)])
 def test_a_run_builds_the_matured_day_and_trains_on_the_days_before(window, train_days):
-    plan = plan_day(Settings(attribution_window_days=window, train_days=train_days), "2026-01-10")
+    plan = plan_day(Settings(attribution_window=window, train_days=train_days), "2026-01-10")
     assert plan.sample_ds == f"2026-01-{10 - window:02d}"
     assert plan.train_days == tuple(f"2026-01-{10 - window - k:02d}" for k in range(train_days, 0, -1))
     assert plan.feature_days == (*plan.train_days, plan.sample_ds)
@@ -69,3 +69,5 @@ def test_the_contract_comes_from_msmt_contract_and_travels_as_an_absolute_path(t
     assert settings.data_contract.name == "aliexpress" and settings.contract_file.is_absolute()
     assert Settings.from_env(settings.to_env()).data_contract.digest == settings.data_contract.digest
     assert settings.tasks == ("click", "conversion") and Settings().data_contract.name == "simulator"
+    assert Settings().attribution_window_days == 2 == Settings().data_contract.attribution_window_days
+    assert Settings(attribution_window=0).attribution_window_days == 0  # the setting overrides the contract
