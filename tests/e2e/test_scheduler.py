@@ -32,10 +32,10 @@ def services(session_settings):
     """Tiny logs up to yesterday, a registry of its own, and the three services on a free port."""
     saved = dict(os.environ)
     settings = session_settings.with_(
-        registered_model="msmt_ranker_scheduled", experiment="msmt_scheduled", train_days=1, epochs=2,
+        registered_model="msmt_ranker_scheduled", experiment="msmt_scheduled", train_days=1, epochs=1,
         gate_min_rows=300, retry_delay_s=5,
     )  # fmt: skip
-    simulate(settings, lake.shift(YESTERDAY, -4), 5, 8_000, seed=5, progress=False)
+    simulate(settings, lake.shift(YESTERDAY, -4), 5, 3_000, seed=5, progress=False)
     port = _free_port()
     pids = scheduler.up(settings, port)
     yield settings, port, pids
