@@ -59,6 +59,7 @@ def run_demo(settings: Settings, days: int, impressions_per_day: int, seed: int,
     print(f"  MLflow:          {settings.mlflow_uri}   (make mlflow-ui)")
     print(f"  Airflow home:    {settings.airflow_home}   (make airflow-ui)")
     print(f"  Feast registry:  {settings.feast_dir}")
+    print(f"  reports:         {lake.report(settings, run_days[-1])}   (open in a browser; one per run day)")
     print("\n=== wall time ===")
     for step, secs in timings.items():
         print(f"  {step:<24} {secs:7.1f} s")
