@@ -109,17 +109,28 @@ def up(settings: Settings, port: int = DEFAULT_PORT, timeout_s: float = 240) -> 
 
 
 def down(settings: Settings, grace_s: float = 20) -> list[str]:
-    """Stop every service this profile started, by process group; returns the names stopped."""
+    """Stop every service this profile started, by process group, and return once every process of
+    those groups is gone (SIGTERM, SIGKILL past `grace_s`); returns the names stopped."""
     started = running(settings)
     for pid in started.values():
         os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and running(settings):
-        time.sleep(0.5)
-    for pid in running(settings).values():
-        os.killpg(pid, signal.SIGKILL)
+    if not _gone(started.values(), grace_s):
+        for pid in started.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        if not _gone(started.values(), grace_s):
+            raise ServiceError(f"process groups {sorted(started.values())} survived SIGKILL")
     _state_file(settings).unlink(missing_ok=True)
     return sorted(started)
+
+
+def _gone(groups, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while any(alive(group) for group in groups):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def wait_for_day(settings: Settings, ds: str, run_type: str = "scheduled", timeout_s: float = 900) -> tuple[str, str]:
