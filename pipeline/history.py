@@ -25,18 +25,18 @@ def history_lines(settings: Settings) -> list[str]:
     for move in moves:
         now[move["alias"]] = move["to"]
     lines = [
-        f"{settings.registered_model}: {CHAMPION} {_label(now.get(CHAMPION))}, {PREVIOUS} {_label(now.get(PREVIOUS))}",
+        f"{settings.registered_model}: {CHAMPION} {label(now.get(CHAMPION))}, {PREVIOUS} {label(now.get(PREVIOUS))}",
         f"{'when (UTC)':<20} {'alias':<18} {'move':<12} {'by':<12} why",
     ]
     for move in moves:
-        change = f"{_label(move['from'])} → {_label(move['to'])}"
+        change = f"{label(move['from'])} → {label(move['to'])}"
         lines.append(f"{move['at'][:19]:<20} {move['alias']:<18} {change:<12} {move['by']:<12} {move['why']}")
     return lines
 
 
 def status_lines(settings: Settings, last: int = 14) -> list[str]:
     """The gate verdict of each of the `last` judged days: challenger, champion, cells passed / failed / advisory."""
-    reports = [uri for uri in storage.list_keys(settings, lake.table(settings, "gate")) if uri.endswith(".json")]
+    reports = gate_reports(settings)
     if not reports:
         return ["no day has been judged yet (no gate report in the lake)"]
     lines = [f"{'held-out day':<13} {'verdict':<9} {'challenger':<11} {'champion':<9} cells"]
@@ -45,12 +45,18 @@ def status_lines(settings: Settings, last: int = 14) -> list[str]:
         counts = Counter(cell["status"] for cell in report["cells"])
         cells = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         verdict = "passed" if report["passed"] else "rejected"
-        champion = "first run" if report["first_run"] else _label(report["champion_version"])
+        champion = "first run" if report["first_run"] else label(report["champion_version"])
         lines.append(
-            f"{report['eval_ds']:<13} {verdict:<9} {_label(report['challenger_version']):<11} {champion:<9} {cells}"
+            f"{report['eval_ds']:<13} {verdict:<9} {label(report['challenger_version']):<11} {champion:<9} {cells}"
         )
     return lines
 
 
-def _label(version: str | None) -> str:
+def gate_reports(settings: Settings) -> list[str]:
+    """The lake's stored gate reports, oldest held-out day first (`gate/ds=….json` sorts by day)."""
+    return [uri for uri in storage.list_keys(settings, lake.table(settings, "gate")) if uri.endswith(".json")]
+
+
+def label(version: str | None) -> str:
+    """A registry version as people write it: v7, or none."""
     return "none" if version is None else f"v{version}"

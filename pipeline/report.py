@@ -32,6 +32,7 @@ from msmt import lake, storage
 from msmt.contract import ContractError
 from msmt.settings import PROJECT_ROOT, Settings
 from pipeline import charts
+from pipeline.history import gate_reports, label
 from pipeline.orchestration import TASK_ORDER
 from pipeline.steps import DayPlan
 from training.evaluate import HIGHER_IS_BETTER
@@ -131,7 +132,7 @@ def _check(settings: Settings, suite: str, day: str, states: dict[str, str] | No
 def _history(settings: Settings, sample_ds: str) -> list[dict]:
     """The stored gate reports of the last HISTORY_DAYS judged days up to `sample_ds`, oldest first."""
     newest = lake.gate_report(settings, sample_ds)
-    uris = [uri for uri in storage.list_keys(settings, lake.table(settings, "gate")) if uri.endswith(".json")]
+    uris = gate_reports(settings)
     return [storage.read_json(settings, uri) for uri in [u for u in uris if u <= newest][-HISTORY_DAYS:]]
 
 
@@ -279,10 +280,6 @@ def render(facts: Facts) -> str:
     )
 
 
-def _label(version: str | None) -> str:
-    return "none" if version is None else f"v{version}"
-
-
 def _first_failed(facts: Facts) -> str | None:
     states = facts.run_states or {}
     return next((task for task in TASK_ORDER if states.get(task) == "failed"), None)
@@ -297,8 +294,8 @@ def _verdict(facts: Facts) -> tuple[str, str]:
             return f"STOPPED: {failed} failed before a gate decision", "fail"
         return f"NO GATE DECISION for held-out day {facts.sample_ds}", "none"
     model = (facts.run or {}).get("params", {}).get("model", "")
-    challenger = f"challenger {_label(gate['challenger_version'])}" + (f" ({model})" if model else "")
-    champion = "first run, no champion" if gate["first_run"] else f"champion {_label(gate['champion_version'])}"
+    challenger = f"challenger {label(gate['challenger_version'])}" + (f" ({model})" if model else "")
+    champion = "first run, no champion" if gate["first_run"] else f"champion {label(gate['champion_version'])}"
     words = [("PASSED" if gate["passed"] else "REJECTED"), f"{challenger} vs {champion}"]
     if gate["passed"]:
         promoted = "champion.assigned" in facts.version.get("tags", {})
@@ -721,7 +718,10 @@ def _model_table(facts: Facts) -> str:
     ]
     if version:
         rows.append(
-            _row("registered version", f"{_label(version)}" + (f" · aliases: {escape(aliases)}" if aliases else ""))
+            _row(
+                "registered version",
+                f"{label(version)}" + (f" · aliases: {escape(aliases)}" if aliases else ""),
+            )
         )
     config = sorted((key.removeprefix("model."), value) for key, value in params.items() if key.startswith("model."))
     train = sorted((key.removeprefix("train."), value) for key, value in params.items() if key.startswith("train."))
