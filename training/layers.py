@@ -251,10 +251,12 @@ def run_networks(mlp: ParallelMLP, x: torch.Tensor, index: torch.Tensor) -> torc
     """Group g runs only networks `index[g]` of `mlp` on its rows.
 
     x `(G, r, d_in)` (shared by the group's networks) or `(G, n, r, d_in)`, index `(G, n)` → `(G, n, r, d_out)`;
-    the same values as `mlp` on those rows, read at those networks.
+    the same values as `mlp` on those rows, read at those networks. A "layer" norm is per row, so
+    it runs here too; a "batch" norm's statistics are over every row of the full batch, so a
+    model with one runs the full `mlp` instead (`runs_subsets`).
     """
-    if mlp.norm != "none":
-        raise ValueError("a ParallelMLP with a norm cannot run a subset of its networks")
+    if not runs_subsets(mlp):
+        raise ValueError("a ParallelMLP with a batch norm cannot run a subset of its networks")
     G, n = index.shape
     h, last = x, len(mlp.weights) - 1
     for i, (w, b) in enumerate(zip(mlp.weights, mlp.biases, strict=True)):
@@ -269,5 +271,14 @@ def run_networks(mlp: ParallelMLP, x: torch.Tensor, index: torch.Tensor) -> torc
             h = torch.baddbmm(b.view(G * n, 1, d_out), h.reshape(G * n, r, d_in), w.view(G * n, d_in, d_out))
             h = h.view(G, n, r, d_out)  # (G, n, r, d_out)
         if mlp.activate_last or i < last:
+            if mlp.norms is not None:
+                norm = mlp.norms[i]
+                w, b = norm.weight[index].unsqueeze(2), norm.bias[index].unsqueeze(2)  # (G, n, 1, d_out) each
+                h = torch.addcmul(b, F.layer_norm(h, (d_out,)), w)  # (G, n, r, d_out)
             h = mlp.dropout(mlp.activation(h))
     return h
+
+
+def runs_subsets(mlp: ParallelMLP) -> bool:
+    """Whether `run_networks` can run a subset of `mlp`'s networks (all but a batch norm can)."""
+    return mlp.norm != "batch"

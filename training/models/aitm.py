@@ -100,10 +100,13 @@ class Aitm(MsmtModel):
         super().__init__(spec, config)
         self.embedding = FeatureEmbedding(spec, config.emb_dim)
         D = config.tower_dims[-1]
-        self.towers = ParallelMLP(self.n_tasks, [self.embedding.out_dim, *config.tower_dims], dropout=config.dropout)
+        self.towers = ParallelMLP(
+            self.n_tasks, [self.embedding.out_dim, *config.tower_dims], dropout=config.dropout, norm=config.norm
+        )
         # transfers[t-1] and ait[t-1] belong to step t (t = 1..T-1, 0-based): they feed task t from task t-1
         self.transfers = nn.ModuleList(
-            MLP([D, *config.transfer_dims, D], dropout=config.dropout) for _ in range(self.n_tasks - 1)
+            MLP([D, *config.transfer_dims, D], dropout=config.dropout, norm=config.norm)
+            for _ in range(self.n_tasks - 1)
         )
         self.ait = nn.ModuleList(AitmAttention(D, config.ait_bias) for _ in range(self.n_tasks - 1))
         self.heads = ParallelMLP(self.n_tasks, [D, 1], activate_last=False)

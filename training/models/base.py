@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from training.data import FeatureSpec
+from training.layers import NORMS
 
 
 @dataclass
@@ -29,12 +30,15 @@ class ModelConfig:
 
     emb_dim: int = 16  # k: embedding size of every field
     dropout: float = 0.0
+    norm: str = "none"  # "none" | "batch" | "layer" inside every MLP block (experts, bottoms, towers, FFNs)
 
     def __post_init__(self) -> None:
         if self.emb_dim < 1:
             raise ValueError(f"emb_dim must be >= 1, got {self.emb_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
 
 
 class MsmtModel(nn.Module):

@@ -59,7 +59,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.data import FeatureSpec
-from training.layers import MLP, FeatureEmbedding, GradientReversal, ParallelMLP, ScenarioChunks, run_networks
+from training.layers import (
+    MLP,
+    FeatureEmbedding,
+    GradientReversal,
+    ParallelMLP,
+    ScenarioChunks,
+    run_networks,
+    runs_subsets,
+)
 from training.models.base import ModelConfig, MsmtModel
 
 _ORTH_FORMS = ("sample", "batch")
@@ -189,15 +197,16 @@ class CausalInt(MsmtModel):
         self.embedding = FeatureEmbedding(spec, config.emb_dim)
         d_in = self.embedding.out_dim
         # both end at their last Linear (u); forward applies ReLU + dropout, so L_orth can read u
-        self.invariant = MLP([d_in, *config.inv_dims], dropout=config.dropout, activate_last=False)
-        self.specific = ParallelMLP(S, [d_in, *config.spec_dims], dropout=config.dropout, activate_last=False)
+        drop, norm = config.dropout, config.norm  # the norm sits in the hidden layers, u stays the raw last Linear
+        self.invariant = MLP([d_in, *config.inv_dims], dropout=drop, activate_last=False, norm=norm)
+        self.specific = ParallelMLP(S, [d_in, *config.spec_dims], dropout=drop, activate_last=False, norm=norm)
         self.representation_dropout = nn.Dropout(config.dropout)
         self.transnet = CausalIntTransNet(D, config.transnet_hidden)
         self.adversary = CausalIntAdversary(D, S, config.grl_scale)
         self.scenario_classifier = nn.Linear(D, S)
         self.n_towers = S * self.n_tasks if config.scenario_towers else self.n_tasks
         tower_dims = [3 * D, *config.tower_dims, 1]
-        self.towers = ParallelMLP(self.n_towers, tower_dims, dropout=config.dropout, activate_last=False)
+        self.towers = ParallelMLP(self.n_towers, tower_dims, dropout=drop, activate_last=False, norm=norm)
         self._last: CausalIntRepresentations | None = None  # of the latest training forward, for extra_losses
 
     def representations(self, batch: dict[str, torch.Tensor]) -> CausalIntRepresentations:
@@ -220,11 +229,15 @@ class CausalInt(MsmtModel):
         """Representations, scenario `(B,)` → logits `(B, T)` of the row's own scenario towers (Tower_{s,t}).
 
         With scenario towers, rows are grouped by scenario and each group runs only its scenario's
-        T towers (not all S·T), with no host sync (`ScenarioChunks`).
+        T towers (not all S·T), with no host sync (`ScenarioChunks`); with `norm="batch"` (statistics
+        over the whole batch) every tower runs and each row reads its own.
         """
         x = torch.cat([reps.h_inv, reps.h_s, reps.h_tr], dim=-1)  # (B, 3D)
         if not self.config.scenario_towers:
             return self.towers(x).squeeze(-1)  # (B, T)
+        if not runs_subsets(self.towers):
+            every = self.towers(x).squeeze(-1).unflatten(1, (self.spec.n_scenarios, self.n_tasks))  # (B, S, T)
+            return every[torch.arange(x.shape[0], device=x.device), scenario]  # (B, T)
         chunks = ScenarioChunks(scenario, self.spec.n_scenarios)
         tasks = torch.arange(self.n_tasks, device=x.device)  # (T,)
         index = chunks.owner[:, None] * self.n_tasks + tasks  # (K, T): tower s·T + t

@@ -176,9 +176,11 @@ class Dffm(MsmtModel):
         self.target_index = spec.sparse_fields.index(spec.seq_vocab_field) if self.use_seq else -1
         self.behaviour = DffmBehaviour(k, config.dfub_heads, config.dfub_pooling) if self.use_seq else None
         d_in = self.embedding.out_dim + self.interaction.out_dim + k * self.use_seq
-        self.mlp = MLP([d_in, *config.mlp_dims], dropout=config.dropout)
+        self.mlp = MLP([d_in, *config.mlp_dims], dropout=config.dropout, norm=config.norm)
         tower_dims = [config.mlp_dims[-1], *config.tower_dims, 1]
-        self.towers = ParallelMLP(self.n_tasks, tower_dims, dropout=config.dropout, activate_last=False)
+        self.towers = ParallelMLP(
+            self.n_tasks, tower_dims, dropout=config.dropout, activate_last=False, norm=config.norm
+        )
 
     def domain_embedding(self, batch: dict[str, torch.Tensor], e: torch.Tensor) -> torch.Tensor:
         """e_d `(B, k)`: the scenario's own vector mean-pooled with the `domain_fields` embeddings."""

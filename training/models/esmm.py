@@ -74,7 +74,11 @@ class Esmm(MsmtModel):
         self.embedding = FeatureEmbedding(spec, config.emb_dim)
         # network 0 = CTR tower, 1 = CVR tower
         self.towers = ParallelMLP(
-            2, [self.embedding.out_dim, *config.tower_dims, 1], dropout=config.dropout, activate_last=False
+            2,
+            [self.embedding.out_dim, *config.tower_dims, 1],
+            dropout=config.dropout,
+            activate_last=False,
+            norm=config.norm,
         )
 
     def tower_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

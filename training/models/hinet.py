@@ -60,7 +60,8 @@ Compute: in "scenario_task" mode a row reads T of the S·T CGC slots. The forwar
 only those (their experts and towers; the gate Linear and the shared experts are cheap
 and run whole): rows are regrouped, without a host sync, into fixed-size chunks of one
 scenario each (`ScenarioChunks`), and each chunk runs its scenario's weights.
-`head_logits` (and `unmasked_loss`, which needs every head) still runs every slot.
+`head_logits` (and `unmasked_loss`, which needs every head) still runs every slot, and
+so does `norm="batch"`, whose statistics are over the whole batch.
 
 Deviations: one CGC level only (the code's default `level_number=1`); the behaviour
 sequence enters x as the mean of its item embeddings (the shared `FeatureEmbedding`);
@@ -76,7 +77,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.data import FeatureSpec
-from training.layers import MLP, FeatureEmbedding, ParallelMLP, ScenarioChunks, run_networks
+from training.layers import MLP, FeatureEmbedding, ParallelMLP, ScenarioChunks, run_networks, runs_subsets
 from training.models.base import ModelConfig, MsmtModel
 
 HEAD_MODES = ("scenario_task", "task")
@@ -140,10 +141,12 @@ class HinetSei(nn.Module):
     its output is the gate-weighted sum of its sub-experts.
     """
 
-    def __init__(self, n_modules: int, d_in: int, n_sub: int, dims: tuple[int, ...], dropout: float, relu: bool):
+    def __init__(
+        self, n_modules: int, d_in: int, n_sub: int, dims: tuple[int, ...], dropout: float, relu: bool, norm: str
+    ) -> None:
         super().__init__()
         self.n_modules, self.n_sub, self.relu = n_modules, n_sub, relu
-        self.subexperts = ParallelMLP(n_modules * n_sub, [d_in, *dims], dropout=dropout)
+        self.subexperts = ParallelMLP(n_modules * n_sub, [d_in, *dims], dropout=dropout, norm=norm)
         self.gates = nn.Linear(d_in, n_modules * n_sub)
         self.out_dim = dims[-1]
 
@@ -192,13 +195,12 @@ class HinetCgc(nn.Module):
         self.n_slots, self.n_own, self.n_groups = n_slots, config.exp_per_slot, n_groups
         self.n_experts = config.exp_per_slot + config.n_shared  # E: what each slot's gate mixes
         self.summed, self.relu = config.cgc_gate == "sum", config.cgc_gate == "relu_softmax"
-        dims = [d_in, *config.expert_dims]
-        self.experts = ParallelMLP(n_slots * config.exp_per_slot, dims, dropout=config.dropout)
-        self.shared = ParallelMLP(config.n_shared, dims, dropout=config.dropout) if config.n_shared else None
+        dims, drop, norm = [d_in, *config.expert_dims], config.dropout, config.norm
+        self.experts = ParallelMLP(n_slots * config.exp_per_slot, dims, dropout=drop, norm=norm)
+        self.shared = ParallelMLP(config.n_shared, dims, dropout=drop, norm=norm) if config.n_shared else None
         self.gates = nn.Linear(d_in, n_slots * self.n_experts)
-        self.towers = ParallelMLP(
-            n_slots, [config.expert_dims[-1], *config.tower_dims, 1], dropout=config.dropout, activate_last=False
-        )
+        tower_dims = [config.expert_dims[-1], *config.tower_dims, 1]
+        self.towers = ParallelMLP(n_slots, tower_dims, dropout=drop, activate_last=False, norm=norm)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         """c `(B, d_in)` → one logit per slot `(B, P)`."""
@@ -264,7 +266,7 @@ class Hinet(MsmtModel):
         self.input_norm = nn.BatchNorm1d(d_in) if config.input_norm == "batchnorm" else nn.Identity()
         # module 0: scenario-shared SEI; module 1 + j: scenario j's SEI
         self.sei = HinetSei(
-            1 + self.n_scenarios, d_in, config.n_sub, config.sub_dims, config.sei_dropout, config.gate_relu
+            1 + self.n_scenarios, d_in, config.n_sub, config.sub_dims, config.sei_dropout, config.gate_relu, config.norm
         )
         self.san = HinetScenarioAttention(
             self.n_scenarios, config.san_emb_dim, config.san_dims, config.san_relu_all, config.san_renorm
@@ -294,7 +296,7 @@ class Hinet(MsmtModel):
         """batch (see `TensorData.batches`) → logits `(B, T)`, each row from its own scenario's heads."""
         if self.config.head_mode == "task":
             return self.head_logits(batch)  # (B, T)
-        if not self.config.unmasked_loss:  # only the row's own T slots are read: compute only those
+        if not self.config.unmasked_loss and runs_subsets(self.cgc.experts):  # only the own T slots are read
             return self.cgc.forward_own(self.extract_scenarios(batch), batch["scenario"])  # (B, T)
         heads = self.head_logits(batch)  # (B, S, T)
         index = batch["scenario"].view(-1, 1, 1).expand(-1, 1, self.n_tasks)  # (B, 1, T)

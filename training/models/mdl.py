@@ -54,7 +54,8 @@ tokens never read each other, so `forward` carries those two only (the other S �
 tokens' initialiser, queries and FFNs are skipped). The active token's weights differ
 per row: rows are regrouped, without a host sync, into fixed-size chunks of one
 scenario each (`ScenarioChunks`). `forward_tokens` still computes every token (and
-every attention map) for inspection; `forward` equals its task heads.
+every attention map) for inspection; `forward` equals its task heads, and is it with
+`norm="batch"`, whose statistics are over the whole batch.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ import torch
 from torch import nn
 
 from training.data import FeatureSpec
-from training.layers import FeatureEmbedding, ParallelMLP, ScenarioChunks, run_networks
+from training.layers import FeatureEmbedding, ParallelMLP, ScenarioChunks, run_networks, runs_subsets
 from training.models.base import ModelConfig, MsmtModel
 
 MIXERS = ("rankmixer", "mhsa")
@@ -165,7 +166,9 @@ class MdlDomainTokens(nn.Module):
     def __init__(self, n: int, imp_dim: int, config: MdlConfig) -> None:
         super().__init__()
         self.priors = nn.Parameter(torch.randn(n, config.prior_dim))
-        self.ffn = ParallelMLP(n, [imp_dim + config.prior_dim, *config.token_ffn_dims, config.d_model])
+        self.ffn = ParallelMLP(
+            n, [imp_dim + config.prior_dim, *config.token_ffn_dims, config.d_model], norm=config.norm
+        )
 
     def forward(self, imp: torch.Tensor) -> torch.Tensor:
         """ê_imp `(B, n_imp·k)` → tokens `(B, n, d)`."""
@@ -256,7 +259,9 @@ class MdlBlock(nn.Module):
         n_scenario_tokens = n_scenarios + config.use_global_token  # global token last
 
         def ffn(n: int) -> ParallelMLP:
-            return ParallelMLP(n, [d, config.ffn_mult * d, d], config.dropout, act, activate_last=False)
+            return ParallelMLP(
+                n, [d, config.ffn_mult * d, d], config.dropout, act, activate_last=False, norm=config.norm
+            )
 
         self.mixer = MdlTokenMixing() if config.mixer == "rankmixer" else MdlSelfAttentionMixing(d, config.n_heads, 0.0)
         self.mix_norm = nn.LayerNorm(d)
@@ -359,7 +364,12 @@ class Mdl(MsmtModel):
         }
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """batch (see `TensorData.batches`) → logits `(B, T)`, carrying only the scenario tokens a row reads."""
+        """batch (see `TensorData.batches`) → logits `(B, T)`, carrying only the scenario tokens a row reads.
+
+        With `norm="batch"` (statistics over every row) every scenario token is carried (`forward_tokens`).
+        """
+        if not runs_subsets(self.scenario_tokens.ffn):
+            return self.heads(self.forward_tokens(batch)["tasks"]).squeeze(-1)  # (B, N_t, 1) → (B, T)
         features = self.tokenizer(self.embedding(batch))  # (B, N_f, d)
         imp = self.important(batch["sparse"])  # (B, n_imp·k)
         chunks = ScenarioChunks(batch["scenario"], self.n_scenarios)

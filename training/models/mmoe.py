@@ -71,10 +71,16 @@ class Mmoe(MsmtModel):
         super().__init__(spec, config)
         self.embedding = FeatureEmbedding(spec, config.emb_dim)
         d_in = self.embedding.out_dim
-        self.experts = ParallelMLP(config.n_experts, [d_in, *config.expert_dims], dropout=config.dropout)
+        self.experts = ParallelMLP(
+            config.n_experts, [d_in, *config.expert_dims], dropout=config.dropout, norm=config.norm
+        )
         self.gates = MmoeGates(d_in, config.n_experts, self.n_tasks, config.gate_bias)
         self.towers = ParallelMLP(
-            self.n_tasks, [config.expert_dims[-1], *config.tower_dims, 1], dropout=config.dropout, activate_last=False
+            self.n_tasks,
+            [config.expert_dims[-1], *config.tower_dims, 1],
+            dropout=config.dropout,
+            activate_last=False,
+            norm=config.norm,
         )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -407,7 +407,7 @@ class Onerank(MsmtModel):
         self.context = OnerankContext(len(self.ctx_index) * k, k, d, seq_len, n_anchors)
         self.candidate = nn.Linear(len(self.cand_index) * k, d)
         self.encoder = OnerankEncoder(config, self.n_tasks)
-        self.situation = MLP([d, d, d], config.dropout, activate_last=False)
+        self.situation = MLP([d, d, d], config.dropout, activate_last=False, norm=config.norm)  # blocks: own Pre-LN
         self.cross = OnerankTaskCrossAttention(d, config.n_heads, self.n_tasks, config.cross_residual)
         mask = interaction_mask(config.interaction, self.n_tasks, config.hybrid_mask)
         self.interaction = OnerankTaskInteraction(

@@ -118,7 +118,7 @@ class Pepnet(MsmtModel):
         dims = [d_general, *config.tower_dims, 1]
         last = len(dims) - 2
         self.tower_layers = nn.ModuleList(
-            ParallelMLP(self.n_tasks, [d_in, d_out], dropout=config.dropout, activate_last=i < last)
+            ParallelMLP(self.n_tasks, [d_in, d_out], dropout=config.dropout, activate_last=i < last, norm=config.norm)
             for i, (d_in, d_out) in enumerate(pairwise(dims))
         )
         self.ppnet = nn.ModuleList()

@@ -91,7 +91,9 @@ class PleExtractionLayer(nn.Module):
         self.m_t, self.m_s = config.n_specific_experts, config.n_shared_experts
         self.n_experts = n_tasks * self.m_t + self.m_s
         self.d_out = config.expert_dims[-1]
-        self.experts = ParallelMLP(self.n_experts, [d_in, *config.expert_dims], dropout=config.dropout)
+        self.experts = ParallelMLP(
+            self.n_experts, [d_in, *config.expert_dims], dropout=config.dropout, norm=config.norm
+        )
         # input group of each expert: its task (0..T-1) or T for the shared experts
         owner = torch.cat([torch.arange(n_tasks).repeat_interleave(self.m_t), torch.full((self.m_s,), n_tasks)])
         self.register_buffer("owner", owner, persistent=False)  # (E,)
@@ -147,7 +149,11 @@ class Ple(MsmtModel):
             for j, d_in in enumerate(d_ins)
         )
         self.towers = ParallelMLP(
-            self.n_tasks, [config.expert_dims[-1], *config.tower_dims, 1], dropout=config.dropout, activate_last=False
+            self.n_tasks,
+            [config.expert_dims[-1], *config.tower_dims, 1],
+            dropout=config.dropout,
+            activate_last=False,
+            norm=config.norm,
         )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

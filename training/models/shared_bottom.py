@@ -45,9 +45,13 @@ class SharedBottom(MsmtModel):
     def __init__(self, spec: FeatureSpec, config: SharedBottomConfig) -> None:
         super().__init__(spec, config)
         self.embedding = FeatureEmbedding(spec, config.emb_dim)
-        self.bottom = MLP([self.embedding.out_dim, *config.bottom_dims], dropout=config.dropout)
+        self.bottom = MLP([self.embedding.out_dim, *config.bottom_dims], dropout=config.dropout, norm=config.norm)
         self.towers = ParallelMLP(
-            self.n_tasks, [config.bottom_dims[-1], *config.tower_dims, 1], dropout=config.dropout, activate_last=False
+            self.n_tasks,
+            [config.bottom_dims[-1], *config.tower_dims, 1],
+            dropout=config.dropout,
+            activate_last=False,
+            norm=config.norm,
         )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -205,7 +205,12 @@ class Star(MsmtModel):
             self.head: nn.Module = StarLinear(dims[-1], self.n_tasks, S, config.specific_init_std)
         else:
             self.head = nn.Linear(dims[-1], self.n_tasks)
-        self.aux = MLP([len(aux) * k, *config.aux_dims, self.n_tasks], dropout=config.dropout, activate_last=False)
+        self.aux = MLP(
+            [len(aux) * k, *config.aux_dims, self.n_tasks],
+            dropout=config.dropout,
+            activate_last=False,
+            norm=config.norm,
+        )
 
     def main_logits(self, fields: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
         """Field embeddings `(B, F, k)` → the star network's logits `(B, T)`."""

@@ -133,10 +133,12 @@ class TamlExtractor(nn.Module):
         super().__init__()
         self.n_tasks, self.n_learners = n_tasks, config.n_learners
         self.n_s, self.n_t, self.n_l = config.n_shared_experts, config.n_task_experts, config.n_learner_experts
-        dims, drop = [d_in, *config.expert_dims], config.dropout
-        self.shared = ParallelMLP(self.n_s, dims, dropout=drop) if self.n_s else None
-        self.task = ParallelMLP(n_tasks * self.n_t, dims, dropout=drop) if self.n_t else None
-        self.learner = ParallelMLP(n_tasks * self.n_learners * self.n_l, dims, dropout=drop) if self.n_l else None
+        dims, drop, norm = [d_in, *config.expert_dims], config.dropout, config.norm
+        self.shared = ParallelMLP(self.n_s, dims, dropout=drop, norm=norm) if self.n_s else None
+        self.task = ParallelMLP(n_tasks * self.n_t, dims, dropout=drop, norm=norm) if self.n_t else None
+        self.learner = (
+            ParallelMLP(n_tasks * self.n_learners * self.n_l, dims, dropout=drop, norm=norm) if self.n_l else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x `(B, d_in)` → every learner's expert pool `(B, T, M, G, D)`."""
@@ -178,7 +180,9 @@ class Taml(MsmtModel):
         self.extractor = TamlExtractor(d_in, self.n_tasks, config)
         self.gates = TamlGates(d_in, self.n_tasks, M, n_gate, config.gate_bias)
         tower_dims = [config.expert_dims[-1], *config.tower_dims, 1]
-        self.towers = ParallelMLP(self.n_tasks * M, tower_dims, dropout=config.dropout, activate_last=False)
+        self.towers = ParallelMLP(
+            self.n_tasks * M, tower_dims, dropout=config.dropout, activate_last=False, norm=config.norm
+        )
         self._last: torch.Tensor | None = None  # learner logits of the latest training forward
 
     def learner_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -212,6 +212,23 @@ def test_causalint_runs_only_the_rows_own_towers_with_the_values_of_all_towers()
         model.train()(b).sum().backward()
 
 
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_causalint_normed_towers_give_each_row_its_own_towers_values(norm):
+    """With a norm in the towers (random affines, so a wrong per-tower gather shows), each row still gets
+    the values of its own scenario's towers among all S·T run on the whole batch."""
+    torch.manual_seed(0)
+    model = build_model("causalint", SPEC, emb_dim=4, norm=norm).train()
+    with torch.no_grad():
+        for name, p in model.towers.named_parameters():
+            if name.startswith("norms."):
+                p.normal_()
+    b = batch(24)
+    reps = model.representations(b)
+    every = model.towers(torch.cat([reps.h_inv, reps.h_s, reps.h_tr], dim=-1)).squeeze(-1)  # (B, S*T)
+    own = every.view(24, SPEC.n_scenarios, len(SPEC.tasks))[torch.arange(24), b["scenario"]]  # (B, T)
+    assert torch.allclose(model.tower_logits(reps, b["scenario"]), own, atol=1e-5)
+
+
 @pytest.mark.parametrize("j", range(3))
 def test_causalint_scenario_network_is_h_s_for_its_rows_and_a_counterfactual_for_the_rest(j):
     model = build_model("causalint", SPEC, emb_dim=4).eval()

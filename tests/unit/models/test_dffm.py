@@ -97,3 +97,33 @@ def test_dffm_without_sequence():
     spec = FeatureSpec(**{**SPEC.to_dict(), "seq_field": None})
     model = build_model("dffm", spec, emb_dim=4)
     assert model.behaviour is None and model(batch()).shape == (8, 2)
+
+
+@pytest.mark.parametrize(("rank", "diagonal"), [(4, True), (0, True), (2, False)])
+def test_dffm_interaction_is_e_i_times_the_domain_kernel_times_e_j(rank, diagonal):
+    """u_ij = (e_i W_ij) ⊙ e_j with W_ij = diag(d_ij) + U_ij V_ijᵀ built as a k×k matrix, for every pair i < j
+    in order; (e_j W_ij) ⊙ e_i, a transposed kernel or another pair order would differ."""
+    torch.manual_seed(0)
+    model = build_model("dffm", SPEC, emb_dim=4, dffi_rank=rank, dffi_diagonal=diagonal).eval()
+    with torch.no_grad():  # unit-scale embeddings (0.01 at init would put every u_ij below the tolerance)
+        model.embedding.table.weight.normal_()
+        model.domain.weight.normal_()
+    b = batch()
+    e = model.embedding(b)  # (B, F, k)
+    e_d = model.domain_embedding(b, e)  # (B, k)
+    diag, u, v = model.interaction.kernels(e_d)
+    B, F, k = e.shape
+    W = torch.zeros(B, F * (F - 1) // 2, k, k)  # (B, P, k, k)
+    if diag is not None:
+        W = W + torch.diag_embed(diag)
+    if u is not None:
+        W = W + u @ v.transpose(-1, -2)
+    pairs = [(i, j) for i in range(F) for j in range(i + 1, F)]
+    want = torch.stack([(e[:, i].unsqueeze(1) @ W[:, p]).squeeze(1) * e[:, j] for p, (i, j) in enumerate(pairs)], 1)
+    got = model.interaction(e, e_d).view(B, len(pairs), k)  # (B, P, k)
+    assert torch.allclose(got, want, atol=1e-5) and got.abs().mean() > 0.01
+    if rank:  # a full (non-symmetric) kernel: the roles of e_i and e_j are not interchangeable
+        swapped = torch.stack(
+            [(e[:, j].unsqueeze(1) @ W[:, p]).squeeze(1) * e[:, i] for p, (i, j) in enumerate(pairs)], 1
+        )
+        assert not torch.allclose(got, swapped, atol=1e-3)

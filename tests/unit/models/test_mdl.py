@@ -124,12 +124,18 @@ def test_mdl_semantic_feature_groups():
         {"use_global_token": False},
         {"mixer": "mhsa", "per_token_kv": False},
         {"token_ffn_dims": (16,), "n_blocks": 1, "dropout": 0.2},
+        {"norm": "layer", "token_ffn_dims": (16,)},
+        {"norm": "batch"},
     ],
 )
 def test_mdl_forward_carries_only_the_read_scenario_tokens_and_matches_all_tokens_computed(overrides):
     """forward = the heads on forward_tokens (every scenario token carried through every block), value and gradient."""
     for b in scenario_batches():
         mdl = model("mdl", d_model=32, **overrides)
+        with torch.no_grad():  # random norm affines: ones / zeros at init would hide a wrong per-token gather
+            for name, p in mdl.named_parameters():
+                if ".norms." in name:
+                    p.normal_()
         assert torch.allclose(mdl(b), mdl.heads(mdl.forward_tokens(b)["tasks"]).squeeze(-1), atol=1e-5)
         mdl.train().config.dropout = 0.0
         for m in mdl.modules():

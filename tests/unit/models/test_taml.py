@@ -84,3 +84,49 @@ def test_taml_config_errors():
             build_model("taml", SPEC, **bad)
     with pytest.raises(ValueError, match="esmm"):
         build_model("taml", FeatureSpec(**{**SPEC.to_dict(), "tasks": ["click", "like"]}), esmm=True)
+
+
+def test_taml_each_learner_mixes_the_shared_its_tasks_and_its_own_experts():
+    """z_{t,l} = tower_{t,l}(Σ_g softmax(W_{t,l} x)_g · [E^sh; E^t; E^{t,l}]_g(x)), computed by hand per (t, l)
+    with counts that tell the layouts apart (n_t = n_l = 2, M = 3): a learner must not read another task's
+    or another learner's experts."""
+    torch.manual_seed(0)
+    model = build_model("taml", SPEC, emb_dim=4, n_task_experts=2, n_learner_experts=2, tower_dims=(8,)).eval()
+    with torch.no_grad():  # unit-scale embeddings: at the 0.01 init every gate is ≈ uniform and hides a mix-up
+        model.embedding.table.weight.normal_()
+    b = batch()
+    x = model.embedding.flat(b)  # (B, F*k)
+    ex = model.extractor
+    shared, task, learner = ex.shared(x), ex.task(x), ex.learner(x)  # (B, 2, D), (B, T*2, D), (B, T*M*2, D)
+    gates = model.gates.linear(x).view(len(x), 2, 3, 6).softmax(-1)  # (B, T, M, G = 2 + 2 + 2)
+    z = model.learner_logits(b)  # (B, T, M)
+    for t in range(2):
+        for m in range(3):
+            pool = torch.cat([shared, task[:, 2 * t : 2 * t + 2], learner[:, 2 * (3 * t + m) : 2 * (3 * t + m) + 2]], 1)
+            h = torch.einsum("bg,bgd->bd", gates[:, t, m], pool)  # (B, D)
+            n = 3 * t + m  # tower of learner (t, m)
+            w0, w1 = model.towers.weights[0][n], model.towers.weights[1][n]
+            b0, b1 = model.towers.biases[0][n], model.towers.biases[1][n]
+            want = torch.relu(h @ w0 + b0) @ w1 + b1  # (B, 1)
+            assert torch.allclose(z[:, t, m], want.squeeze(-1), atol=1e-5), (t, m)
+    assert gates.std(-1).min() > 0.02  # no gate is uniform (1/6 each): the check has power
+
+
+def test_taml_learner_experts_reach_only_their_learner_and_task_experts_only_their_task():
+    torch.manual_seed(0)
+    model = build_model("taml", SPEC, emb_dim=4, n_learners=3).eval()
+    b = batch()
+    before = model.learner_logits(b)  # (B, T, M)
+    with torch.no_grad():  # shift the output of learner (t=1, l=2)'s own expert
+        model.extractor.learner.biases[-1][1 * 3 + 2] += 1.0
+    moved = (model.learner_logits(b) - before).abs().amax(0) > 1e-6  # (T, M)
+    assert moved.tolist() == [[False, False, False], [False, False, True]]
+    before = model.learner_logits(b)
+    with torch.no_grad():  # shift task 0's first expert
+        model.extractor.task.biases[-1][0] += 1.0
+    moved = (model.learner_logits(b) - before).abs().amax(0) > 1e-6
+    assert moved.tolist() == [[True, True, True], [False, False, False]]
+    before = model.learner_logits(b)
+    with torch.no_grad():  # a shared expert feeds every learner
+        model.extractor.shared.biases[-1][1] += 1.0
+    assert ((model.learner_logits(b) - before).abs().amax(0) > 1e-6).all()
