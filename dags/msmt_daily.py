@@ -16,7 +16,9 @@ before it and holds the sample day out for the gate.
 | `check_samples` | GX: label rates, volume, quarantine share per scenario and day built | run stops (no retry) |
 | `publish_features` | Feast apply + materialise to the online store | retried |
 | `build_training_set` | Feast point-in-time join | retried |
-| `train_pod` | cluster profile only: torchrun on `gpus` GPUs in a pod → weights + metrics | retried (resumes) |
+| `choose_trainer` | cluster profile only: param `trainer` picks `train_pod` or `train_pytorchjob` | retried |
+| `train_pod` | cluster, `trainer: pod`: torchrun on `gpus` GPUs in a pod → weights + metrics | retried (resumes) |
+| `train_pytorchjob` | cluster, `trainer: pytorchjob`: a PyTorchJob on `nodes` × `gpus` GPUs | retried (resumes) |
 | `train_model` | torchrun workers (local) or the pod's outputs (cluster) → MLflow run + version | not retried |
 | `evaluate_model` | champion vs challenger per scenario × task | retried |
 | `promote_model` | `champion` moves on a pass: scheduled runs only, unless `promote` says | not retried |
@@ -75,8 +77,15 @@ SETTINGS = Settings.from_env()  # the profile decides the DAG's shape (a trainin
             False, type="boolean", description="rebuild the training days' samples and features from raw logs"
         ),
         "gpus": Param(
-            1, type="integer", minimum=1, description="cluster profile: GPUs (= torchrun ranks) of the training pod"
+            1, type="integer", minimum=1, description="cluster profile: GPUs (= torchrun ranks) of each training node"
         ),
+        "trainer": Param(
+            "pod",
+            type="string",
+            enum=["pod", "pytorchjob"],
+            description="cluster profile: one GPU pod, or a Kubeflow PyTorchJob over `nodes` nodes",
+        ),
+        "nodes": Param(2, type="integer", minimum=1, description="cluster profile, trainer pytorchjob: GPU nodes"),
     },
 )
 def msmt_daily():
@@ -160,9 +169,18 @@ def msmt_daily():
     training_set = build_training_set(plan, sample_checks, published)
     trained = train_model(plan, training_set)
     if SETTINGS.profile == "cluster":
-        from pipeline.pods import training_pod
+        from airflow.sdk import TriggerRule
 
-        training_set >> training_pod(SETTINGS) >> trained
+        from pipeline.pods import training_pod
+        from pipeline.pytorchjob import TRAINER_TASKS, training_job
+
+        @task.branch
+        def choose_trainer() -> str:
+            """#### One GPU pod or a multi-node PyTorchJob, as the `trainer` param says"""
+            return TRAINER_TASKS[get_current_context()["params"]["trainer"]]
+
+        training_set >> choose_trainer() >> [training_pod(SETTINGS), training_job(SETTINGS)] >> trained
+        trained.operator.trigger_rule = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # the trainer not chosen is skipped
     promote_model(plan, evaluate_model(plan, training_set, trained)) >> write_report().as_teardown()
 
 

@@ -1,4 +1,4 @@
-"""In the cluster profile, msmt_daily trains in a GPU pod: resources, image and torchrun command."""
+"""In the cluster profile, msmt_daily trains in a GPU pod or a PyTorchJob: resources, image and torchrun command."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class _TI:
 
 def test_training_pod_requests_gpus_and_runs_the_worker(cluster_dag):
     pod = cluster_dag.get_task("train_pod")
-    assert pod.upstream_task_ids == {"build_training_set"} and pod.downstream_task_ids == {"train_model"}
+    assert pod.upstream_task_ids == {"choose_trainer"} and pod.downstream_task_ids == {"train_model"}
     assert pod.image == "msmt-train:latest" and pod.retries >= 2 and pod.owner == "msmt"
     assert pod.env_vars["MSMT_PROFILE"] == "cluster" and "MSMT_HOME" not in pod.env_vars
 
@@ -84,3 +84,35 @@ def test_the_pod_is_built_by_an_importable_function_outside_any_dag():
     assert not pod.volumes and command[command.index("--checkpoint-dir") + 1].startswith("/tmp/msmt-checkpoints/")
     assert command[command.index("--out") + 1] == "s3://other/lake/training_runs/ds=2026-01-10/mmoe"
     assert json.loads(command[command.index("--overrides") + 1]) == PLAN["overrides"]
+
+
+def test_the_trainer_param_picks_the_pod_or_the_pytorchjob(cluster_dag):
+    from pipeline.pytorchjob import TRAINER_TASKS
+
+    trainer, nodes = cluster_dag.params.get_param("trainer"), cluster_dag.params.get_param("nodes")
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    assert trainer.value == "pod" and trainer.resolve("pytorchjob") == "pytorchjob"
+    with pytest.raises(ParamValidationError):
+        trainer.resolve("mpijob")
+    assert trainer.schema["enum"] == list(TRAINER_TASKS) and nodes.schema["minimum"] == 1
+    branch = cluster_dag.get_task("choose_trainer")
+    assert branch.upstream_task_ids == {"build_training_set"}
+    assert branch.downstream_task_ids == set(TRAINER_TASKS.values())
+    for task_id in TRAINER_TASKS.values():
+        assert cluster_dag.get_task(task_id).downstream_task_ids == {"train_model"}
+    # the trainer not chosen is skipped; train_model runs after the other, and not after a failure
+    assert cluster_dag.get_task("train_model").trigger_rule == "none_failed_min_one_success"
+
+
+def test_the_pytorchjob_task_runs_the_pods_command_on_nodes_times_gpus(cluster_dag):
+    job_task = cluster_dag.get_task("train_pytorchjob")
+    assert job_task.retries >= 2 and job_task.owner == "msmt" and job_task.custom_resource_definition
+    params = {"gpus": 2, "nodes": 3, "trainer": "pytorchjob"}
+    job_task.render_template_fields({"params": params, "ti": _TI(), "run_id": "manual__1"})
+    job = job_task.build_job()
+    assert job["metadata"]["namespace"] == "msmt" and job["spec"]["elasticPolicy"]["maxReplicas"] == 3
+    (container,) = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    command = [*container["command"], *container["args"]]
+    assert command[:4] == ["python", "-m", "torch.distributed.run", "--nproc-per-node=2"]
+    assert command[command.index("--checkpoint-dir") + 1] == "/checkpoints/msmt-checkpoints/manual__1/2026-01-10/mmoe"
