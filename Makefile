@@ -8,7 +8,8 @@ export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install chromium demo test test-unit test-integration e2e lint format airflow-ui mlflow-ui clean
+.PHONY: install chromium demo test test-unit test-integration e2e lint format airflow-ui mlflow-ui clean \
+	cluster-up cluster-down test-cluster
 
 install: $(STAMP)
 
@@ -46,6 +47,17 @@ test-integration: install chromium
 
 e2e: install
 	$(BIN)/pytest -m e2e
+
+# The cluster profile's services on 127.0.0.1 under MSMT_HOME (PostgreSQL, Redis, S3, MLflow, Spark, Airflow);
+# as root `msmt cluster up` installs redis-server with apt-get. Then: eval "$$(.venv/bin/msmt cluster env)"
+cluster-up: install
+	$(BIN)/msmt cluster up
+
+cluster-down: install
+	$(BIN)/msmt cluster down
+
+test-cluster: install  ## starts every service on a temp home, checks each, stops them (-m cluster: not in `make test`)
+	$(BIN)/pytest -m cluster tests/cluster
 
 lint: install  ## ruff, and the layers' import contracts (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check .

@@ -30,13 +30,18 @@ ENTITY_COLUMNS = ["impression_id", "user_id", "item_id", "scenario_id", "event_t
 
 
 def feast_env(settings: Settings) -> dict[str, str]:
-    """The variables `feature_repo/feature_store.yaml` expands for this profile."""
+    """The variables the profile's feature_store yaml expands."""
     return {
-        "MSMT_FEAST_REGISTRY": str(settings.feast_dir / "registry.db"),
-        "MSMT_FEAST_ONLINE_STORE": str(settings.feast_dir / "online_store.db"),
+        "MSMT_FEAST_REGISTRY": settings.feast_registry or str(settings.feast_dir / "registry.db"),
+        "MSMT_FEAST_ONLINE_STORE": settings.feast_online_store or str(settings.feast_dir / "online_store.db"),
         "MSMT_HOME": str(settings.home),
         "MSMT_LAKE_URI": settings.lake,
     }
+
+
+def store_yaml(settings: Settings) -> Path:
+    """SQLite files in the home, or (a profile naming a SQL registry) the shared registry and Redis store."""
+    return FEATURE_REPO / ("feature_store.cluster.yaml" if settings.feast_registry else "feature_store.yaml")
 
 
 def feature_store(settings: Settings):
@@ -48,7 +53,7 @@ def feature_store(settings: Settings):
     saved = {key: os.environ.get(key) for key in feast_env(settings)}
     os.environ.update(feast_env(settings))  # feature_store.yaml expands them; restored right after
     try:
-        config = load_repo_config(FEATURE_REPO, FEATURE_REPO / "feature_store.yaml")
+        config = load_repo_config(FEATURE_REPO, store_yaml(settings))
     finally:
         for key, value in saved.items():
             if value is None:

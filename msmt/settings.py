@@ -40,6 +40,10 @@ class Settings:
     s3_endpoint_url: str = ""  # "" -> AWS default; set for MinIO / moto
     spark_master: str = "local[2]"
     spark_driver_memory: str = "4g"
+    # Service URLs carry no password: secrets reach clients as PGPASSFILE, REDISCLI_AUTH and AWS_* (pipeline/cluster.py)
+    airflow_db_uri: str = ""  # "" -> sqlite:///<home>/airflow/airflow.db; cluster: postgresql+psycopg2://msmt@…/airflow
+    feast_registry: str = ""  # "" -> <home>/feast/registry.db; cluster: SQL registry postgresql+psycopg://msmt@…/feast
+    feast_online_store: str = ""  # "" -> <home>/feast/online_store.db (SQLite); cluster: Redis host:port
 
     # data
     contract: str = ""  # the data contract file; "" -> contracts/simulator.toml (a relative path: cwd, then repo)
@@ -142,6 +146,11 @@ class Settings:
     @property
     def airflow_home(self) -> Path:
         return self.home / "airflow"
+
+    @property
+    def airflow_db(self) -> str:
+        """Airflow's metadata DB: SQLite in the home, or the profile's PostgreSQL."""
+        return self.airflow_db_uri or f"sqlite:///{self.airflow_home / 'airflow.db'}"
 
     @property
     def mlflow_uri(self) -> str:

@@ -124,6 +124,55 @@ def airflow_down() -> None:
     typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
+cluster_app = typer.Typer(
+    help="The cluster profile's services on 127.0.0.1: PostgreSQL, Redis, S3, MLflow, Spark, Airflow."
+)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("up")
+def cluster_up(timeout: Annotated[int, typer.Option(help="seconds to wait for every service")] = 300) -> None:
+    """Start the services not yet running under MSMT_HOME (running ones are reused); each must answer."""
+    from pipeline import cluster
+
+    try:
+        groups = cluster.up(_settings(), timeout)
+    except StopRun as error:
+        raise _stopped(error) from None
+    typer.echo(f'up: {json.dumps(groups)}; point msmt at them with: eval "$(msmt cluster env)"')
+
+
+@cluster_app.command("down")
+def cluster_down() -> None:
+    """Stop this home's services, Airflow first, by process group (data and ports are kept)."""
+    from pipeline import cluster
+
+    stopped = cluster.down(_settings())
+    typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@cluster_app.command("env")
+def cluster_env() -> None:
+    """Print `export` lines (passwords included) that point msmt's cluster profile at the services."""
+    from pipeline import cluster
+
+    try:
+        typer.echo(cluster.exports(Settings.from_env()))
+    except StopRun as error:
+        raise _stopped(error) from None
+
+
+@app.command()
+def doctor() -> None:
+    """Check the active profile's pieces (services, credentials, buckets, databases, the DAG); exit 1 if any fails."""
+    from pipeline.doctor import check, table
+
+    checks = check(Settings.from_env())
+    typer.echo(table(checks))
+    if not all(item.ok for item in checks):
+        raise typer.Exit(code=1)
+
+
 @app.command()
 def backfill(
     first: Annotated[str, typer.Option("--from", help="first run day YYYY-MM-DD")],
@@ -160,6 +209,41 @@ def backfill(
     typer.echo(backfills.summary(results))
     if any(day.state != "success" for day in results):
         raise typer.Exit(code=1)
+
+
+@app.command()
+def experiment(
+    model: Annotated[str, typer.Option(help="the challenger: a model of the zoo")],
+    first: Annotated[str, typer.Option("--from", help="first run day replayed, YYYY-MM-DD")],
+    last: Annotated[str, typer.Option("--to", help="last run day replayed, YYYY-MM-DD")],
+    baseline: Annotated[str, typer.Option(help="champion, version=N or model=NAME")] = "champion",
+    name: Annotated[str | None, typer.Option(help="the experiment's name (default: from the rest)")] = None,
+    assignments: Assignments = None,
+) -> None:
+    """Replay MODEL over past run days against a baseline, as a run of the msmt_experiment DAG (in-process):
+    a verdict per scenario × task across days, an MLflow parent run with a child per day; nothing is promoted.
+
+    Exit code: 0 the experiment ran (whatever the verdicts), 1 a task failed, 2 refused before it started.
+    """
+    from pipeline import experiments, orchestration
+
+    settings = _settings()
+    conf = {"model": model, "from": first, "to": last, "baseline": baseline, "name": name,
+            "overrides": _overrides(assignments)}  # fmt: skip
+    try:
+        experiments.Baseline.parse(baseline)
+        outcome = orchestration.run_experiment(settings, conf)
+    except StopRun as refused:
+        raise _stopped(refused) from refused
+    dag_id = orchestration.EXPERIMENT_DAG_ID
+    summary = orchestration.task_value(outcome.run_id, "summarize", dag_id=dag_id)
+    if summary is None:
+        failed = outcome.failed_task or "a task"
+        error = orchestration.task_value(outcome.run_id, failed, orchestration.ERROR_KEY, dag_id) or "see its log"
+        typer.echo(f"experiment stopped: {failed} failed\n  {error}", err=True)
+        raise typer.Exit(code=1)
+    where = f"MLflow parent run {summary['parent_run_id']}; Airflow {dag_id} run {outcome.run_id} (in-process)"
+    typer.echo(f"{experiments.table(summary)}\nreport: {summary['report']}\n{where}")
 
 
 @app.command()

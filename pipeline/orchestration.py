@@ -28,6 +28,7 @@ from msmt.settings import PROJECT_ROOT, Settings
 log = logging.getLogger("msmt.orchestration")
 
 DAG_ID = "msmt_daily"
+EXPERIMENT_DAG_ID = "msmt_experiment"
 ERROR_KEY = "error"  # XCom key under which a failed task leaves its error for the run's summary
 TASK_ORDER = ("plan_day", "check_raw_logs", "build_samples", "build_features", "check_samples", "publish_features",
               "build_training_set", "train_pod", "train_model", "evaluate_model", "promote_model")  # fmt: skip
@@ -44,7 +45,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.airflow_db,
         "AIRFLOW__CORE__PARALLELISM": "2",  # 2 cores: keep `airflow standalone` small
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
         "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
@@ -67,13 +68,13 @@ def prepare(settings: Settings) -> None:
     )
 
 
-def load_dag():
+def load_dag(dag_id: str = DAG_ID):
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    return bag.dags[DAG_ID]
+    return bag.dags[dag_id]
 
 
 def logical_date(ds: str) -> dt.datetime:
@@ -141,20 +142,39 @@ def run_daily(settings: Settings, ds: str, conf: dict | None = None) -> RunOutco
     return outcome
 
 
-def task_states(run_id: str) -> dict[str, str]:
-    """State of each task of the run, in the DAG's flow order."""
+def run_experiment(settings: Settings, conf: dict) -> RunOutcome:
+    """One `msmt_experiment` run (conf: model, from, to, baseline, …) through Airflow's test runner.
+
+    Its run has no logical date: experiments of the same days never collide with each other or with
+    the daily runs. A failed mapped day fails its task; the outcome lists each task's worst state."""
+    prepare(settings)
+    run = load_dag(EXPERIMENT_DAG_ID).test(logical_date=None, run_conf=conf)
+    state = str(getattr(run.state, "value", run.state))
+    outcome = RunOutcome(f"{conf.get('from')}..{conf.get('to')}", run.run_id, state,
+                         task_states(run.run_id, EXPERIMENT_DAG_ID))  # fmt: skip
+    log.info("msmt_experiment %s finished: %s", outcome.ds, outcome.state)
+    if not any(s not in ("None", "removed", "skipped", "upstream_failed") for s in outcome.tasks.values()):
+        raise NothingRan(f"msmt_experiment {outcome.ds} executed no task (task states: {outcome.tasks or 'none'})")
+    return outcome
+
+
+def task_states(run_id: str, dag_id: str = DAG_ID) -> dict[str, str]:
+    """State of each task of the run, in the DAG's flow order (a mapped task: its failed state if any)."""
     from airflow.models import TaskInstance
     from airflow.utils.session import create_session
 
     with create_session() as session:
         query = session.query(TaskInstance.task_id, TaskInstance.state)
-        rows = query.filter(TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run_id)
-        states = {task: str(getattr(state, "value", state)) for task, state in rows}
+        rows = query.filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)
+        states: dict[str, str] = {}
+        for task, state in rows:
+            if states.get(task) != "failed":
+                states[task] = str(getattr(state, "value", state))
     order = {task: i for i, task in enumerate(TASK_ORDER)}
     return dict(sorted(states.items(), key=lambda item: order.get(item[0], len(order))))
 
 
-def task_value(run_id: str, task_id: str, key: str = "return_value"):
+def task_value(run_id: str, task_id: str, key: str = "return_value", dag_id: str = DAG_ID):
     """An XCom of one task of the run (None when it left none)."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -162,7 +182,7 @@ def task_value(run_id: str, task_id: str, key: str = "return_value"):
     with create_session() as session:
         row = (
             session.query(XComModel.value)
-            .filter(XComModel.dag_id == DAG_ID, XComModel.run_id == run_id)
+            .filter(XComModel.dag_id == dag_id, XComModel.run_id == run_id)
             .filter(XComModel.task_id == task_id, XComModel.key == key)
             .first()
         )

@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 from msmt.errors import StopRun
@@ -30,6 +31,8 @@ from pipeline.orchestration import DAG_ID, airflow_env, prepare
 log = logging.getLogger("msmt.scheduler")
 
 SERVICES = ("api-server", "scheduler", "dag-processor")
+# The LocalExecutor's tasks log to files the api-server reads itself: no log server listening on every interface.
+ARGS = {"scheduler": ("--skip-serve-logs",)}
 DEFAULT_PORT = 8080
 FINISHED = ("success", "failed")
 
@@ -52,6 +55,7 @@ def service_env(settings: Settings, port: int) -> dict[str, str]:
         **os.environ,
         **airflow_env(settings),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "10",
@@ -69,18 +73,31 @@ def running(settings: Settings) -> dict[str, int]:
 
 
 def alive(group: int) -> bool:
-    """Whether any process of the group is left (its leader reaped first when it is our own child)."""
+    """Whether any live process of the group is left (its leader reaped first when it is our own child).
+
+    Zombies do not count: a PID 1 that never reaps (a container's) keeps the orphaned services of an
+    earlier `up` as zombies after they exit, and `killpg(group, 0)` still finds those."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(group, os.WNOHANG)
     try:
         os.killpg(group, 0)
     except ProcessLookupError:
         return False
-    return True
+    if not Path("/proc/self").exists():
+        return True  # no procfs (macOS): trust killpg
+    return any(_live_member(stat, group) for stat in Path("/proc").glob("[0-9]*/stat"))
 
 
-def up(settings: Settings, port: int = DEFAULT_PORT, timeout_s: float = 240) -> dict[str, int]:
-    """Start the three services (idempotent: running ones are kept) and unpause msmt_daily."""
+def _live_member(stat: Path, group: int) -> bool:
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, …
+    except (OSError, IndexError):
+        return False  # gone meanwhile
+    return int(fields[2]) == group and fields[0] != "Z"
+
+
+def up(settings: Settings, port: int = DEFAULT_PORT, timeout_s: float = 240, unpause: bool = True) -> dict[str, int]:
+    """Start the three services (idempotent: running ones are kept) and unpause msmt_daily (if `unpause`)."""
     if len(running(settings)) == len(SERVICES):
         log.info("airflow services already up: %s", running(settings))
         return running(settings)
@@ -92,8 +109,8 @@ def up(settings: Settings, port: int = DEFAULT_PORT, timeout_s: float = 240) -> 
     pids = {}
     for name in SERVICES:
         with open(logs / f"{name}.log", "ab") as out:
-            process = subprocess.Popen([_airflow(), name], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)  # fmt: skip
+            process = subprocess.Popen([_airflow(), name, *ARGS.get(name, ())], env=env, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         pids[name] = process.pid
     _state_file(settings).write_text(json.dumps({"port": port, "pids": pids}))
     deadline = time.monotonic() + timeout_s
@@ -103,7 +120,8 @@ def up(settings: Settings, port: int = DEFAULT_PORT, timeout_s: float = 240) -> 
     except ServiceError:
         down(settings)
         raise
-    cli(env, "dags", "unpause", DAG_ID)
+    if unpause:
+        cli(env, "dags", "unpause", DAG_ID)
     log.info("airflow services up on http://127.0.0.1:%d (logs in %s): %s", port, logs, pids)
     return pids
 
@@ -112,16 +130,23 @@ def down(settings: Settings, grace_s: float = 20) -> list[str]:
     """Stop every service this profile started, by process group, and return once every process of
     those groups is gone (SIGTERM, SIGKILL past `grace_s`); returns the names stopped."""
     started = running(settings)
-    for pid in started.values():
-        os.killpg(pid, signal.SIGTERM)
-    if not _gone(started.values(), grace_s):
-        for pid in started.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        if not _gone(started.values(), grace_s):
-            raise ServiceError(f"process groups {sorted(started.values())} survived SIGKILL")
+    stop(started.values(), grace_s)
     _state_file(settings).unlink(missing_ok=True)
     return sorted(started)
+
+
+def stop(groups: Iterable[int], grace_s: float = 20, sig: int = signal.SIGTERM) -> None:
+    """Send `sig` to each process group, SIGKILL what is left after `grace_s`; return once all are gone."""
+    groups = list(groups)
+    for pid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+    if not _gone(groups, grace_s):
+        for pid in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        if not _gone(groups, grace_s):
+            raise ServiceError(f"process groups {sorted(groups)} survived SIGKILL")
 
 
 def _gone(groups, timeout_s: float) -> bool:
