@@ -356,6 +356,7 @@ def _load(
         else:
             run.fail(batch, "partition_has_rows", f"{where}: partition {uri} has 0 rows" + _expected(expected))
         return None
+    run.sections.setdefault("digests", {})[uri] = storage.partition_digest(settings, uri)  # lineage: what was read
     return loaded
 
 

@@ -74,6 +74,11 @@ def check_result(settings: Settings, suite: str, ds: str) -> str:
     return f"{table(settings, f'checks/{suite}')}/ds={ds}.json"
 
 
+def experiment_report(settings: Settings, name: str) -> str:
+    """The HTML report of experiment `name` (`msmt experiment`): its verdicts across the replayed days."""
+    return f"{table(settings, 'reports')}/experiments/{name}.html"
+
+
 def gate_report(settings: Settings, ds: str) -> str:
     return f"{table(settings, 'gate')}/ds={ds}.json"
 

@@ -638,7 +638,8 @@ def _row(*cells: str) -> str:
 
 
 def _partitions_table(facts: Facts) -> str:
-    """The inputs: the training set (with the content digest training recorded), sample days, raw days."""
+    """The inputs: the training set, sample days and raw days, each with the content digest recorded when it
+    was read (training for the training set, the data checks for the partitions)."""
     rows = []
     for dataset in (facts.run or {}).get("datasets", []):
         rows.append(
@@ -655,7 +656,10 @@ def _partitions_table(facts: Facts) -> str:
         rows.append(_row("held-out rows", escape(params.get("eval_ds", "")), f"{int(params['eval_rows']):,} rows"))
     for check in [*facts.train_checks, facts.checks[-1], *facts.checks[:-1]]:
         where = "<br>".join(f"<code>{escape(uri)}</code>" for uri in check.partitions)
-        rows.append(_row(f"{check.suite} ds={escape(check.day)}", where, f"{check.suite} check {_check_badge(check)}"))
+        digests = (check.result or {}).get("digests", {})  # as the check read them
+        read = "<br>".join(f"digest <code>{escape(digests[uri])}</code>" for uri in check.partitions if uri in digests)
+        identity = f"{check.suite} check {_check_badge(check)}" + (f"<br>{read}" if read else "")
+        rows.append(_row(f"{check.suite} ds={escape(check.day)}", where, identity))
     return (
         "<h3>Input partitions</h3><table><tr><th>input</th><th>where</th><th>identity</th></tr>"
         + "".join(rows)

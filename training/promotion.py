@@ -72,20 +72,11 @@ def evaluate_and_gate(settings: Settings, training_set_uri: str, eval_ds: str, c
     champion_version = _alias_version(client, name, CHAMPION)
     eval_table = read_held_out(settings, training_set_uri, eval_ds)
 
-    challenger_probs, data = _score(f"models:/{name}/{challenger_version}", eval_table)
-    champion_probs = None if champion_version is None else _score(f"models:/{name}/{champion_version}", eval_table)[0]
-    rules = GateRules(
-        metric=settings.gate_metric,
-        max_drop=settings.gate_max_drop,
-        floor=settings.gate_floor,
-        min_rows=settings.gate_min_rows,
-        min_positives=settings.gate_min_positives,
-        advisory_scenarios=settings.gate_advisory_scenarios,
-        allow_unjudged=settings.gate_allow_unjudged,
-        alpha=settings.gate_alpha,
-        block_seesaw=settings.gate_block_seesaw,
-        n_boot=settings.gate_bootstrap,
+    challenger_probs, data = score_model(f"models:/{name}/{challenger_version}", eval_table)
+    champion_probs = (
+        None if champion_version is None else score_model(f"models:/{name}/{champion_version}", eval_table)[0]
     )
+    rules = gate_rules(settings)
     decision = decide(
         challenger_probs,
         champion_probs,
@@ -130,6 +121,22 @@ def evaluate_and_gate(settings: Settings, training_set_uri: str, eval_ds: str, c
         client.set_model_version_tag(name, challenger_version, "status", "rejected")
     storage.write_json(settings, lake.gate_report(settings, eval_ds), report)
     return report
+
+
+def gate_rules(settings: Settings) -> GateRules:
+    """The profile's gate: the daily promotion and an experiment's comparisons judge alike."""
+    return GateRules(
+        metric=settings.gate_metric,
+        max_drop=settings.gate_max_drop,
+        floor=settings.gate_floor,
+        min_rows=settings.gate_min_rows,
+        min_positives=settings.gate_min_positives,
+        advisory_scenarios=settings.gate_advisory_scenarios,
+        allow_unjudged=settings.gate_allow_unjudged,
+        alpha=settings.gate_alpha,
+        block_seesaw=settings.gate_block_seesaw,
+        n_boot=settings.gate_bootstrap,
+    )
 
 
 def promote(settings: Settings, decision: dict, actor: str | None = None) -> dict:
@@ -228,7 +235,7 @@ def alias_history(settings: Settings) -> list[dict]:
     return [json.loads(tags[key]) for key in sorted(tags) if key.startswith("alias_history.")]
 
 
-def _score(model_uri: str, table: pa.Table) -> tuple[np.ndarray, TensorData]:
+def score_model(model_uri: str, table: pa.Table) -> tuple[np.ndarray, TensorData]:
     """Probabilities `(N, T)` of a registered ranker, encoded with that ranker's own spec."""
     model, spec = load_ranker(model_uri)
     data = encode(table, spec)

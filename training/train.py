@@ -38,7 +38,6 @@ from dataclasses import asdict
 import mlflow
 import pandas as pd
 import pyarrow as pa
-import pyarrow.fs as pafs
 import torch
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
@@ -46,6 +45,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.models import infer_signature
 
+from msmt import storage
 from msmt.errors import StopRun
 from msmt.settings import Settings
 from training import hparams
@@ -72,6 +72,9 @@ def train_model(
     overrides: dict | None = None,
     run_name: str | None = None,
     trained_dir: str | None = None,
+    registered_model: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict:
     """Fit on the days before `eval_ds`, evaluate on `eval_ds`, log and register the model.
 
@@ -79,8 +82,10 @@ def train_model(
     of the model's config (n_experts, emb_dim, …); each goes where it belongs.
     Returns plain values for XCom: run_id, model_uri (`models:/<name>/<version>`),
     version and the held-out cell metrics. `trained_dir`: outputs of a worker that
-    already ran (the cluster's pod); None runs it here through torchrun.
+    already ran (the cluster's pod); None runs it here through torchrun. An experiment's replays
+    register under their own `registered_model` and log as children of `parent_run_id`, with `tags`.
     """
+    registered_model = registered_model or settings.registered_model
     model_name = model_name or settings.model_name
     hparams_version, overrides = hparams.resolve(model_name, overrides)
     train_cfg, model_overrides = split_overrides(settings, overrides)
@@ -96,14 +101,14 @@ def train_model(
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_name, spec, **model_overrides)
     model_config = asdict(model.config)
-    digest = partition_digest(training_set_uri)
+    digest = storage.partition_digest(settings, training_set_uri)
     ckpt = train_cfg.checkpoint_dir or checkpoint_dir(settings, eval_ds, model_name, train_cfg, model_config, digest)
 
     configure_mlflow(settings)
     fail_dead_runs(settings, eval_ds)
-    with mlflow.start_run(run_name=run_name or f"{model_name}-{eval_ds}") as run:
+    with mlflow.start_run(run_name=run_name or f"{model_name}-{eval_ds}", parent_run_id=parent_run_id) as run:
         process = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}  # see fail_dead_runs
-        mlflow.set_tags({"msmt.model": model_name, "msmt.eval_ds": eval_ds, **process})
+        mlflow.set_tags({"msmt.model": model_name, "msmt.eval_ds": eval_ds, **process, **(tags or {})})
         mlflow.log_params(
             {
                 "model": model_name,
@@ -153,11 +158,11 @@ def train_model(
         mlflow.log_figure(_auc_chart(cells, eval_ds), "eval/auc_by_cell.png")
 
         info = log_ranker(model, model_name, model_config, spec, eval_table.slice(0, 5).to_pandas())
-        tags = {"model": model_name, "eval_ds": eval_ds, "run_id": run.info.run_id, "status": "challenger"}
-        version = mlflow.register_model(info.model_uri, settings.registered_model, tags=tags | PENDING)
+        version_tags = {"model": model_name, "eval_ds": eval_ds, "run_id": run.info.run_id, "status": "challenger"}
+        version = mlflow.register_model(info.model_uri, registered_model, tags=version_tags | PENDING)
     return {
         "run_id": run.info.run_id,
-        "model_uri": f"models:/{settings.registered_model}/{version.version}",
+        "model_uri": f"models:/{registered_model}/{version.version}",
         "version": str(version.version),
         "metrics": metrics,
     }
@@ -234,29 +239,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def partition_digest(uri: str) -> str:
-    """Content hash of every file under a partition (paths, sizes, bytes), local or s3://.
-
-    32 hex characters: MLflow stores dataset digests in a 36-character column.
-    """
-    fs, root = pafs.FileSystem.from_uri(uri)
-    files = sorted(
-        (info for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if info.is_file),
-        key=lambda info: info.path,
-    )
-    if not files:
-        raise FileNotFoundError(f"no files under {uri}")
-    digest = hashlib.blake2b(digest_size=16)
-    for info in files:
-        digest.update(f"{info.path[len(root) :]}\0{info.size}\0".encode())
-        with fs.open_input_stream(info.path) as stream:
-            while chunk := stream.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _training_dataset(uri: str, table: pa.Table, digest: str) -> MetaDataset:
-    """The partition as an MLflow dataset: source URI, content `digest` (`partition_digest`), column
+    """The partition as an MLflow dataset: source URI, content `digest` (`storage.partition_digest`), column
     schema (from `table`, any of its days; no data copy)."""
     with warnings.catch_warnings():  # MLflow registers its local source twice; the int hint is for serving
         warnings.filterwarnings("ignore", message="The specified dataset source")

@@ -30,7 +30,8 @@ def test_every_dag_has_tags_owner_and_retries(dagbag):
         assert dag.tags, dag.dag_id
         for t in dag.tasks:
             assert t.owner == "msmt", t.task_id
-            assert t.retries >= 2 or t.task_id in {"train_model", "promote_model"}, t.task_id
+            not_retried = {"train_model", "promote_model", "plan_experiment", "replay_day"}  # each says why
+            assert t.retries >= 2 or t.task_id in not_retried, t.task_id
 
 
 def test_msmt_daily_follows_the_data_flow(dagbag):

@@ -1,23 +1,32 @@
-"""The real `msmt_daily` DAG, run by Airflow's test runner for consecutive days on tiny data."""
+"""The real `msmt_daily` DAG on tiny data for consecutive days: day 1 through Airflow's test runner, day 2
+(yesterday) through Airflow's own services — the scheduler runs it as the daily schedule would, and a
+scheduler-managed backfill is tried — then re-runs and broken days through the test runner again."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
 from msmt import lake
-from pipeline import orchestration
+from pipeline import orchestration, scheduler
+from pipeline.cli import app
+from pipeline.orchestration import DAG_ID, task_value
 from pipeline.simulate import SimConfig, simulate
 from pipeline.steps import plan_day
 from training.tracking import configure_mlflow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
-START = "2026-02-01"
+YESTERDAY = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+START = lake.shift(YESTERDAY, -6)  # day 2 is yesterday: the interval the unpaused DAG's schedule runs first
 DAY1, DAY2, BROKEN_DAY = lake.shift(START, 5), lake.shift(START, 6), lake.shift(START, 7)
 
 
@@ -25,8 +34,8 @@ DAY1, DAY2, BROKEN_DAY = lake.shift(START, 5), lake.shift(START, 6), lake.shift(
 def world(session_settings):
     """Eight days of tiny logs; the runs need the environment Airflow was configured with."""
     saved = dict(os.environ)
-    settings = session_settings.with_(gate_min_rows=300, epochs=3, batch_size=256, train_days=2)
-    simulate(settings, START, 8, 10_000, seed=3, config=SimConfig(n_users=2_000, n_items=500), progress=False)
+    settings = session_settings.with_(gate_min_rows=300, epochs=2, batch_size=256, train_days=2)
+    simulate(settings, START, 8, 6_000, seed=3, config=SimConfig(n_users=2_000, n_items=500), progress=False)
     yield settings
     os.environ.clear()
     os.environ.update(saved)
@@ -55,9 +64,43 @@ def day1(world):
     return outcome, _sample_rows(world, plan_day(world, DAY1).sample_ds)
 
 
+@dataclass
+class ScheduledDay:
+    """What Airflow's services did while they were up: yesterday's scheduled run and a failing backfill."""
+
+    run_id: str
+    state: str
+    pids: dict[str, int]
+    backfill: str  # the first `msmt backfill`'s output
+    backfill_exit: int
+    backfill_again: str  # the same backfill, re-created
+    backfill_again_exit: int
+    scheduler_log: str
+    stopped: list[str]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def day2(world, day1):
-    return orchestration.run_daily(world, DAY2)
+def day2(world, day1) -> ScheduledDay:
+    """Airflow's api-server, scheduler and dag-processor run day 2 as the daily schedule, then a backfill
+    of two days without logs; the services are stopped before any later test-runner run shares their DB."""
+    port = _free_port()
+    pids = scheduler.up(world, port)
+    try:
+        run_id, state = scheduler.wait_for_day(world, DAY2, "scheduled", timeout_s=900)
+        runner, env = CliRunner(), world.to_env()
+        no_logs = ["backfill", "--from", lake.shift(START, -3), "--to", lake.shift(START, -2), "--port", str(port)]
+        first, again = runner.invoke(app, no_logs, env=env), runner.invoke(app, no_logs, env=env)
+        scheduler_log = (world.airflow_home / "services" / "scheduler.log").read_text()
+    finally:
+        stopped = scheduler.down(world)
+    return ScheduledDay(run_id, state, pids, first.output, first.exit_code, again.output, again.exit_code,
+                        scheduler_log, stopped)  # fmt: skip
 
 
 def test_day1_accounts_for_every_impression_and_crowns_a_champion(world, day1):
@@ -73,8 +116,27 @@ def test_day1_accounts_for_every_impression_and_crowns_a_champion(world, day1):
     assert f"PROMOTED v{_alias(world, 'champion')} to champion" in orchestration.run_summary(outcome)
 
 
+def test_the_scheduler_runs_day2_and_its_run_type_lets_the_gate_promote(world, day2):
+    assert day2.state == "success", day2.run_id
+    assert day2.stopped == sorted(scheduler.SERVICES) and not scheduler.running(world)
+    assert not any(scheduler.alive(pid) for pid in day2.pids.values())  # every process group is gone, children too
+    assert task_value(day2.run_id, "plan_day")["promote"]  # a scheduled run may move the champion, by its run type
+    decision, promotion = task_value(day2.run_id, "evaluate_model"), task_value(day2.run_id, "promote_model")
+    assert not decision["first_run"] and len(decision["cells"]) == len(world.scenarios) * len(world.tasks)
+    assert promotion["promoted"] == decision["passed"]  # the gate alone decides, nothing else held it back
+
+
+def test_a_backfill_stops_at_its_first_failed_day_and_a_rerun_creates_nothing(day2):
+    first_day = lake.shift(START, -3)  # no logs landed for this day
+    assert day2.backfill_exit == 1, day2.backfill
+    assert f"{first_day}: failed, gate -" in day2.backfill  # stopped at check_raw_logs, before any gate
+    table = day2.backfill[day2.backfill.index("day  ") :]
+    assert first_day in table and "failed" in table
+    assert day2.backfill_again_exit == 0 and "nothing to do" in day2.backfill_again, day2.backfill_again
+    assert DAG_ID in day2.scheduler_log
+
+
 def test_day2_logs_the_full_gate_matrix(world, day2):
-    assert day2.state == "success", day2.tasks
     client = _client(world)
     version = client.get_model_version(
         world.registered_model,
@@ -166,3 +228,43 @@ def test_a_wrong_contract_stops_the_run_in_plan_day_naming_file_table_and_column
     assert _tries(outcome.run_id, "plan_day") == 1  # a contract is deterministic: no retry
     summary = orchestration.run_summary(outcome)
     assert f"contract {wrong}: feature view item_scenario_stats: entities ['shop']" in summary
+
+
+def test_an_experiment_replays_two_days_against_the_champion_and_promotes_nothing(world, day2):
+    import mlflow
+
+    from pipeline.experiments import registry_name
+
+    client = _client(world)
+    champion, versions = _alias(world, "champion"), client.search_model_versions(f"name='{world.registered_model}'")
+    args = ["experiment", "--model", "shared_bottom", "--from", DAY1, "--to", DAY2, "--set", "epochs=1", "--name", "sb"]
+    result = CliRunner().invoke(app, args, env=world.to_env())
+    assert result.exit_code == 0, result.output
+    assert all(f"{s}  " in result.output for s in world.scenarios) and "shared_bottom vs champion" in result.output
+    html = Path(lake.experiment_report(world, "sb")).read_text()
+    assert all(f'data-cell="{s} / {t}"' in html for s in world.scenarios for t in world.tasks)
+    assert html.count('class="heat-cell"') == 2 * len(world.scenarios) * len(world.tasks)  # every cell, both days
+
+    assert _alias(world, "champion") == champion  # nothing promoted, nothing registered beside the champion
+    assert len(client.search_model_versions(f"name='{world.registered_model}'")) == len(versions)
+    assert len(client.search_model_versions(f"name='{registry_name(world)}'")) == 2  # one challenger per day
+    (parent,) = mlflow.search_runs(filter_string="tags.`msmt.experiment` = 'sb' and tags.`msmt.kind` = 'experiment'",
+                                   search_all_experiments=True, output_format="list")  # fmt: skip
+    assert parent.info.status == "FINISHED" and parent.data.params["baseline.version"] == champion
+    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  search_all_experiments=True, output_format="list")  # fmt: skip
+    assert sorted(c.data.tags["msmt.eval_ds"] for c in children) == sorted(plan_day(world, d).sample_ds
+                                                                          for d in (DAY1, DAY2))  # fmt: skip
+    summary = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/experiment/summary.json")
+    assert {(c["scenario"], c["task"]) for c in summary["cells"]} == {
+        (s, t) for s in world.scenarios for t in world.tasks
+    }
+    assert all(c["wins"] + c["losses"] + c["ties"] == c["days"] <= 2 for c in summary["cells"])
+
+
+def test_an_experiment_over_days_never_built_stops_in_its_first_task_saying_how_to_build_them(world, day2):
+    first = lake.shift(START, -3)
+    args = ["experiment", "--model", "mmoe", "--from", first, "--to", first, "--baseline", "model=shared_bottom"]
+    result = CliRunner().invoke(app, args, env=world.to_env())
+    assert result.exit_code == 1 and "plan_experiment failed" in result.output, result.output
+    assert "were never built and checked" in result.output and "msmt backfill --from" in result.output

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_checks.suites import DataCheckError, check_raw, check_samples
-from msmt import lake, schemas
+from msmt import lake, schemas, storage
 from msmt.errors import StopRun
 
 pytestmark = pytest.mark.integration
@@ -80,6 +80,8 @@ def test_check_raw_passes_on_good_data_and_stores_the_result(settings):
 
     assert result["success"] and result == stored(settings, "raw", DS)
     assert result["statistics"]["unsuccessful_expectations"] == 0
+    partitions = [lake.raw(settings, table, DS) for table in lake.RAW_TABLES]
+    assert result["digests"] == {uri: storage.partition_digest(settings, uri) for uri in partitions}  # lineage
     assert {row["scenario"]: row["volume_ratio"] for row in result["summary"]} == dict.fromkeys(settings.scenarios, 1.0)
     assert not result["notes"]
 

@@ -134,7 +134,10 @@ def judged(tmp_path_factory):
         for day in lake.days_between(last, 3 + 1):
             storage.write_json(settings, lake.check_result(settings, "samples", day), _check("samples", day))
         for day in lake.days_between(HELD_OUT[-1], 3):
-            storage.write_json(settings, lake.check_result(settings, "raw", day), _check("raw", day))
+            digests = {lake.raw(settings, t, day): f"{t}-{day}-digest" for t in lake.RAW_TABLES}  # as check_raw read
+            storage.write_json(
+                settings, lake.check_result(settings, "raw", day), _check("raw", day) | {"digests": digests}
+            )
         yield settings
 
 
@@ -206,6 +209,7 @@ def test_the_report_says_what_it_knows_and_what_it_does_not(judged):
     page = build_report(judged, RUN_DS)
     assert "REJECTED · challenger v3 (mmoe) vs champion v2" in page
     assert DIGEST in page and judged.data_contract.digest in page and "n_experts" in page
+    assert all(f"{t}-{HELD_OUT[-1]}-digest" in page for t in lake.RAW_TABLES)  # each raw partition's digest
     assert "search/conversion fail" in page and "bad_position 60" in page
 
     first = build_report(judged, lake.shift(HELD_OUT[0], 2))

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from msmt import lake, schemas
+from msmt import lake, schemas, storage
 from msmt.settings import Settings
 from pipeline.history import history_lines, status_lines
 from training.promotion import (
@@ -33,7 +33,7 @@ from training.promotion import (
 )
 from training.pyfunc import load_ranker
 from training.tracking import configure_mlflow
-from training.train import partition_digest, train_model
+from training.train import train_model
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,7 @@ def test_train_model_logs_a_registered_challenger(env, caplog):
         assert f"logloss.{cell}" in run.data.metrics
     assert result["metrics"]["auc.homefeed.click"] == run.data.metrics["auc.homefeed.click"]
     (dataset_input,) = run.inputs.dataset_inputs
-    assert dataset_input.dataset.digest == partition_digest(uri)
+    assert dataset_input.dataset.digest == storage.partition_digest(settings, uri)
     assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} >= {"eval/auc_by_cell.png"}
     card = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/feature_spec.json")
