@@ -27,17 +27,18 @@ import pyarrow.dataset as pds
 from msmt import lake
 from msmt.settings import PROJECT_ROOT, Settings
 from pipeline import steps
-from pipeline.simulate import oracle_auc, simulate
+from pipeline.simulate import WORLDS, SimConfig, oracle_auc, simulate
 
 START = "2026-01-01"
 DOC = PROJECT_ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
 
 
-def prepare(settings: Settings, impressions_per_day: int) -> tuple[str, str, dict]:
-    """Simulate, then build samples, features and the training set exactly as msmt_daily does."""
+def prepare(settings: Settings, impressions_per_day: int, config: SimConfig | None = None) -> tuple[str, str, dict]:
+    """Simulate (the default world unless `config`), then build samples, features and the training set
+    exactly as msmt_daily does."""
     days = settings.train_days + settings.attribution_window_days + 1
-    simulate(settings, START, days, impressions_per_day, seed=0)
+    simulate(settings, START, days, impressions_per_day, seed=0, config=config)
     plan = steps.plan_day(settings, lake.shift(START, days - 1))
     steps.build_samples(settings, plan)
     steps.build_features(settings, plan)
@@ -130,6 +131,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impressions-per-day", type=int, default=350_000)
+    parser.add_argument("--world", choices=sorted(WORLDS), default="default", help="pipeline.simulate.WORLDS")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=model_names())
@@ -139,7 +141,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="msmt-zoo-") as home:
         settings = Settings.from_env(home=Path(home))
         started = time.perf_counter()
-        training_set, eval_ds, oracle = prepare(settings, args.impressions_per_day)
+        training_set, eval_ds, oracle = prepare(settings, args.impressions_per_day, WORLDS[args.world])
         print(f"data ready in {time.perf_counter() - started:.0f} s: {training_set}")
         cells = [(s, t) for s in settings.scenarios for t in settings.tasks]
         jobs = [(settings, training_set, eval_ds, m, seed, args.epochs) for m in args.models for seed in args.seeds]
@@ -155,7 +157,7 @@ def main() -> None:
     machine = f"{platform.machine()}, {mp.cpu_count()} cores, torch CPU"
     summary = (
         f"{BEGIN}\n## Model zoo (`bench/zoo.py`)\n"
-        f"`.venv/bin/python bench/zoo.py --impressions-per-day {args.impressions_per_day} --seeds "
+        f"`.venv/bin/python bench/zoo.py --world {args.world} --impressions-per-day {args.impressions_per_day} --seeds "
         f"{' '.join(map(str, args.seeds))} --epochs {args.epochs}` — {results[0]['train_rows']:,} training rows "
         f"({settings.train_days} days), held-out day {eval_ds}; {machine}; measured {time.strftime('%Y-%m-%d')}.\n"
         f"AUC per scenario/task cell (± half the range over seeds), oracle = AUC of the simulator's true "

@@ -94,6 +94,25 @@ JUDGEABLE = SimConfig(
     malformed_rate=0.0,
 )
 
+# The model zoo's world (bench/zoo.py --world zoo, measured by bench/zoo_world.py; docs/benchmarks.md,
+# "The zoo's world"). At ~333k impressions a day, 3 training days give each user a median of ~300
+# impressions and each item ~1,000, so the user × item interaction, per scenario and per task, is
+# estimable from the rows; a near-random ranker and a weak position effect keep position from giving it away.
+ZOO = SimConfig(
+    n_users=2_000,  # fewer ids, more rows per id: 1M rows → ~500 impressions per user on average
+    n_items=500,
+    scenario_shares=(0.4, 0.3, 0.2, 0.1),  # balanced: every cell's held-out day has thousands of positives
+    scenario_ctr=(0.10, 0.15, 0.12, 0.08),
+    scenario_cvr=(0.15, 0.25, 0.20, 0.12),
+    heterogeneity=0.7,  # scenarios share a minority of the interaction: a scenario-blind model pays
+    position_bias=0.1,  # a small causal position effect …
+    ranker_noise=8.0,  # … and a ranker close to random, so position carries little relevance
+    new_items_per_day=10,  # 2% of the catalogue a day: drift without a cold-start-dominated held-out day
+    malformed_rate=0.0,
+)
+
+WORLDS = {"default": SimConfig(), "judgeable": JUDGEABLE, "zoo": ZOO}  # benchmark worlds by name
+
 
 @dataclass
 class _Users:

@@ -13,7 +13,17 @@ import pytest
 from msmt import lake
 from msmt.schemas import RAW
 from msmt.settings import Settings
-from pipeline.simulate import FAULTS, SimConfig, oracle_auc, simulate
+from pipeline.simulate import (
+    FAULTS,
+    WORLDS,
+    ZOO,
+    SimConfig,
+    _build_world,
+    _simulate_day,
+    oracle_auc,
+    simulate,
+)
+from training.evaluate import auc
 
 START = "2024-03-01"
 SMALL = SimConfig(n_users=2_000, n_items=500, new_items_per_day=20)
@@ -174,3 +184,33 @@ def test_heterogeneity_controls_how_much_scenarios_disagree(settings):
     unrelated = _item_rank_agreement(settings.with_(home=settings.home / "h1"), 1.0)
     assert identical > 0.7, identical
     assert unrelated < 0.3, unrelated
+
+
+def _one_day(config: SimConfig, impressions: int = 100_000):
+    """One simulated day of `impressions` rows, in memory (no files)."""
+    rng = np.random.default_rng(5)
+    world = _build_world(config, 4, rng)
+    return _simulate_day(world, config, rng, 0, impressions)
+
+
+def test_zoo_world_gives_every_user_and_item_hundreds_of_rows_at_the_benchmarks_size():
+    day = _one_day(ZOO)
+    scale = 1_000_000 / len(day.item)  # bench/zoo_world.py trains on 1M rows
+    per_user = np.bincount(day.user, minlength=ZOO.n_users) * scale
+    per_item = np.bincount(day.item) * scale
+    assert np.median(per_user) >= 250, np.median(per_user)
+    assert np.median(per_item) >= 1_000, np.median(per_item)
+    default = SimConfig()
+    assert 1_000_000 / default.n_users < 60, "the default world has far fewer rows per user"
+
+
+def test_position_gives_little_away_in_the_zoo_world_and_much_in_the_default_one():
+    def position_auc(day, s: int) -> float:
+        rows = day.scenario == s
+        return auc(day.click[rows], -day.position[rows])
+
+    zoo, default = _one_day(ZOO), _one_day(SimConfig())
+    for s in range(3):  # the long-tail scenario of the default world is too small to judge
+        assert position_auc(zoo, s) < 0.6, s
+        assert position_auc(default, s) > 0.7, s
+    assert WORLDS["zoo"] is ZOO and WORLDS["default"] == SimConfig()
