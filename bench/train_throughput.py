@@ -2,6 +2,7 @@
 
     python3 bench/train_throughput.py                      # MMoE, HiNet, MDL; 1 and 2 ranks
     python3 bench/train_throughput.py --models mmoe --sparse-fields 16 --batch-size 8192   # the GPU target
+    python3 bench/train_throughput.py --models mmoe --workers 1 --sparse-embeddings --id-vocab 500000
 
 For each model, rank count and precision (float32; bf16 too where the device
 runs it natively), trains `--max-steps` steps on `training.data.synthetic` rows
@@ -20,7 +21,12 @@ are the training ranks'. 2 ranks are 2 gloo / NCCL processes (DDP,
 process; its peak memory is the peak RSS over the process after imports and a
 warm-up step (so it covers the split itself plus everything training adds), shown
 against the split's compact size. On CUDA it adds GPU utilisation and peak GPU
-memory. Imports torch, numpy and pyarrow only.
+memory.
+
+`--sparse-embeddings` instead measures msmt's path twice, with today's dense
+fused Adam and with `TrainConfig.sparse_embeddings` (row-sparse id tables under
+SparseAdam), at `--id-vocab` rows per user / item table. Imports torch, numpy and
+pyarrow only.
 """
 
 from __future__ import annotations
@@ -60,11 +66,12 @@ from training.trainer import (  # noqa: E402
 
 CANDIDATES = ("mmoe", "hinet", "mdl")
 PATHS = ("msmt", "rows", "columns")
+OPTIMIZERS = ("dense", "sparse")  # --sparse-embeddings: fused Adam on everything vs SparseAdam on the id tables
 
 
-def bench_spec(n_sparse: int) -> FeatureSpec:
-    """msmt's default spec, widened with hashed id fields to `n_sparse` sparse fields."""
-    spec = default_spec(4)
+def bench_spec(n_sparse: int, id_vocab: int = 2**16) -> FeatureSpec:
+    """msmt's default spec (`id_vocab` users and items), widened with hashed id fields to `n_sparse` sparse fields."""
+    spec = default_spec(4, id_vocab=id_vocab)
     extra = [f"extra_{i}" for i in range(max(0, n_sparse - len(spec.sparse_fields)))]
     return replace(spec, sparse_fields=spec.sparse_fields + extra, vocab_sizes=spec.vocab_sizes + [2**16] * len(extra))
 
@@ -233,9 +240,10 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     ctx = distributed.init_from_env()
     device = ctx.device(args.device) if ctx.active else resolve_device(args.device)
-    spec = bench_spec(args.sparse_fields)
+    spec = bench_spec(args.sparse_fields, args.id_vocab)
     cfg = TrainConfig(epochs=1, max_steps=args.max_steps, batch_size=args.batch_size, device=str(device),
-                      bf16=args.bf16, bf16_cpu=args.bf16 and device.type == "cpu")  # fmt: skip
+                      bf16=args.bf16, bf16_cpu=args.bf16 and device.type == "cpu",
+                      sparse_embeddings=args.sparse)  # fmt: skip
     warm_up = synthetic(spec, 2 * args.batch_size, seed=1)  # first steps at these shapes pay one-off set-up
     fit(build_model(args.model, spec), warm_up, None, replace(cfg, max_steps=2))
     del warm_up
@@ -268,6 +276,7 @@ def child(args: argparse.Namespace) -> None:
     loader_rates = distributed.gather_objects(loader_rows / loader_seconds)
     if ctx.is_main:
         out = {"model": args.model, "path": args.path, "workers": ctx.world_size, "bf16": args.bf16,
+               "sparse": args.sparse, "table_rows": sum(spec.vocab_sizes),
                "samples_per_s": sum(rates), "loader_per_s": sum(loader_rates), "peak_mb": max(peaks),
                "compact_mb": compact_mb / ctx.world_size,
                "gpu_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
@@ -282,11 +291,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(args: argparse.Namespace, model: str, path: str, workers: int, bf16: bool) -> dict:
+def measure(args: argparse.Namespace, model: str, path: str, workers: int, bf16: bool, sparse: bool = False) -> dict:
     argv = [__file__, "--child", "--model", model, "--path", path, "--rows", str(args.rows),
             "--batch-size", str(args.batch_size), "--device", args.device, "--threads", str(args.threads),
-            "--max-steps", str(args.max_steps), "--sparse-fields", str(args.sparse_fields)]  # fmt: skip
+            "--max-steps", str(args.max_steps), "--sparse-fields", str(args.sparse_fields),
+            "--id-vocab", str(args.id_vocab)]  # fmt: skip
     argv += ["--bf16"] if bf16 else []
+    argv += ["--sparse"] if sparse else []
     if workers == 1:
         command = [sys.executable, *argv]
     else:
@@ -319,6 +330,13 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per rank")
     parser.add_argument("--precisions", default="auto", help="fp32, bf16 or both; auto: bf16 too where native")
+    parser.add_argument("--id-vocab", type=int, default=2**16, help="rows of the user_id and item_id tables")
+    parser.add_argument(
+        "--sparse-embeddings",
+        action="store_true",
+        help="msmt's path with dense Adam vs TrainConfig.sparse_embeddings, not the three paths",
+    )
+    parser.add_argument("--sparse", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -334,13 +352,17 @@ def main() -> None:
     for model in models:
         for workers in [int(w) for w in args.workers.split(",")]:
             for bf16 in precisions:
-                runs = {path: measure(args, model, path, workers, bf16) for path in PATHS}
+                if args.sparse_embeddings:
+                    runs = {name: measure(args, model, "msmt", workers, bf16, sparse=name == "sparse")
+                            for name in OPTIMIZERS}  # fmt: skip
+                else:
+                    runs = {path: measure(args, model, path, workers, bf16) for path in PATHS}
                 results.append(runs)
-                rates = " vs ".join(f"{runs[p]['samples_per_s']:,.0f}" for p in PATHS)
+                rates = " vs ".join(f"{run['samples_per_s']:,.0f}" for run in runs.values())
                 print(f"# {model} × {workers} {_precision(bf16)}: {rates} rows/s", file=sys.stderr, flush=True)
-    print(f"\n{args.rows:,} synthetic rows, {args.sparse_fields} sparse fields × 16 dims, "
-          f"batch {args.batch_size}, {args.max_steps} steps timed; {machine()}\n")  # fmt: skip
-    print("\n".join(table(results, cuda)))
+    print(f"\n{args.rows:,} synthetic rows, {args.sparse_fields} sparse fields × 16 dims, {args.id_vocab:,} users "
+          f"and items, batch {args.batch_size}, {args.max_steps} steps timed; {machine()}\n")  # fmt: skip
+    print("\n".join(sparse_table(results) if args.sparse_embeddings else table(results, cuda)))
 
 
 def bf16_choices(precisions: str, native_bf16: bool) -> list[bool]:
@@ -374,6 +396,21 @@ def table(results: list[dict[str, dict]], cuda: bool) -> list[str]:
         cells.append(f"{fast['compact_mb']:.0f}")
         if cuda:
             cells += ["n/a" if fast["gpu_util"] is None else f"{fast['gpu_util']:.0f}", f"{fast['gpu_peak_mb']:.0f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def sparse_table(results: list[dict[str, dict]]) -> list[str]:
+    """Markdown lines for `--sparse-embeddings`: one row per model × ranks × precision, dense vs sparse."""
+    columns = ["model", "ranks", "precision", "table rows", "dense Adam rows/s", "sparse rows/s", "speed-up",
+               "peak MB (dense / sparse)"]  # fmt: skip
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for runs in results:
+        dense, sparse = (runs[name] for name in OPTIMIZERS)
+        cells = [dense["model"], dense["workers"], _precision(dense["bf16"]), f"{dense['table_rows']:,}",
+                 f"{dense['samples_per_s']:,.0f}", f"{sparse['samples_per_s']:,.0f}",
+                 f"{sparse['samples_per_s'] / dense['samples_per_s']:.1f}×",
+                 f"{dense['peak_mb']:.0f} / {sparse['peak_mb']:.0f}"]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
 

@@ -143,6 +143,14 @@ class ParallelMLP(nn.Module):
         return h.transpose(0, 1)  # (B, n, d_out)
 
 
+class EmbeddingTable(nn.Embedding):
+    """An id table the trainer may switch to row-sparse gradients (`TrainConfig.sparse_embeddings`).
+
+    Only a marker: the big id tables, of which a step touches a few rows, are where a
+    row-wise optimiser pays; small embeddings (scenario, domain) stay plain `nn.Embedding`.
+    """
+
+
 class FeatureEmbedding(nn.Module):
     """Turns a batch into field embeddings `(B, F, k)`.
 
@@ -164,7 +172,7 @@ class FeatureEmbedding(nn.Module):
         self.use_seq = spec.seq_field is not None
         offsets = torch.tensor([0, *spec.vocab_sizes[:-1]]).cumsum(0)  # (F_s,)
         self.register_buffer("offsets", offsets, persistent=False)
-        self.table = nn.Embedding(sum(spec.vocab_sizes), emb_dim)
+        self.table = EmbeddingTable(sum(spec.vocab_sizes), emb_dim)
         nn.init.normal_(self.table.weight, std=init_std)
         self.dense_proj = nn.Linear(self.n_dense, emb_dim) if self.n_dense else None
         self.seq_offset = int(offsets[spec.sparse_fields.index(spec.seq_vocab_field)]) if self.use_seq else 0

@@ -21,6 +21,10 @@ optimizer, LR schedule, every rank's RNG states, the position (epoch, step, the
 epoch's visiting order) and the metrics so far; `resume` continues from the last
 one, mid-epoch included, and ends where an uninterrupted run would (bit-for-bit
 on the CPU).
+
+`sparse_embeddings` gives the big id tables (`layers.EmbeddingTable`) row-sparse
+gradients and a row-wise optimiser of their own (`make_optimizers`); the dense
+parameters keep the fused Adam, and both follow the LR schedule and are checkpointed.
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from msmt.settings import Settings
 from training import checkpoint, distributed
 from training.data import EpochPlan, TensorData
+from training.layers import EmbeddingTable
 from training.scoring import by_request
 
 SCHEDULES = ("constant", "cosine")
@@ -69,6 +75,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at epoch ends
     resume: bool = True  # continue from checkpoint_dir's last checkpoint when there is one
     find_unused_parameters: bool = False  # DDP: models whose forward skips some parameters
+    sparse_embeddings: bool = False  # id tables: sparse gradients + SparseAdam, no weight decay (see make_optimizers)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -163,6 +170,33 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
+def make_optimizers(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+    """The dense parameters' fused Adam and, with `cfg.sparse_embeddings`, the id tables' SparseAdam.
+
+    Dense Adam reads and writes every row of a table and of its two moments on every step,
+    though a batch touches a few thousand rows of millions. With the option the tables give
+    sparse gradients (the switch is made here, before any DDP wrapping, which reads it) and
+    `torch.optim.SparseAdam` ("lazy Adam") updates only the touched rows and their moments;
+    a row's moments then decay only on the steps that touch it, the usual trade for big tables.
+    SparseAdam rather than a row-wise Adagrad (one accumulator per row, less state): it keeps
+    Adam's per-coordinate step, so `lr` and the schedule mean the same for both halves and the
+    option needs no re-tuning. The tables get no weight decay (dense parameters keep `weight_decay`):
+    SparseAdam has none, and decaying only touched rows would shrink frequent ids more than rare
+    ones. Without the option the tables are set back to dense, so a model refitted without it
+    trains as before.
+    """
+    tables = [m for m in model.modules() if isinstance(m, EmbeddingTable)]
+    for table in tables:
+        table.sparse = cfg.sparse_embeddings
+    if not cfg.sparse_embeddings:
+        return make_optimizer(model.parameters(), cfg), None
+    if not tables:
+        raise ValueError(f"sparse_embeddings: {type(model).__name__} has no EmbeddingTable to make sparse")
+    in_tables = {id(t.weight) for t in tables}
+    dense = [p for p in model.parameters() if id(p) not in in_tables]
+    return make_optimizer(dense, cfg), torch.optim.SparseAdam([t.weight for t in tables], lr=cfg.lr)
+
+
 def _place(data: TensorData, device: torch.device, cfg: TrainConfig) -> TensorData:
     """The whole split on the device when it fits the budget (batches are gathered from it there)."""
     if device.type != "cuda":
@@ -236,6 +270,14 @@ class Training:
     bf16: bool
     tasks: list[str]
     local_batch: int  # this rank's rows per step
+    sparse_optimizer: torch.optim.Optimizer | None = None  # the id tables' (`sparse_embeddings`)
+    sparse_scheduler: torch.optim.lr_scheduler.LambdaLR | None = None  # the same schedule, for it
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer] + ([self.sparse_optimizer] if self.sparse_optimizer is not None else [])
+
+    def schedulers(self) -> list[torch.optim.lr_scheduler.LambdaLR]:
+        return [self.scheduler] + ([self.sparse_scheduler] if self.sparse_scheduler is not None else [])
 
 
 @dataclass
@@ -276,15 +318,24 @@ class TrainState:
             "best_state": self.early.best_state,
             "sums": {k: v.detach().cpu() for k, v in self.sums.items()},
         }
+        if run.sparse_optimizer is not None:
+            state["sparse_optimizer"] = run.sparse_optimizer.state_dict()
+            state["sparse_scheduler"] = run.sparse_scheduler.state_dict()
         checkpoint.save(run.settings, checkpoint.path_in(run.cfg.checkpoint_dir), state)
 
     @classmethod
     def restore(cls, ckpt: dict, run: Training) -> TrainState:
         """Load a checkpoint into the model, optimizer and schedule (and this rank's RNGs, when the
         world size is the same); the position it holds."""
+        if ("sparse_optimizer" in ckpt) != (run.sparse_optimizer is not None):
+            raise ValueError(f"the checkpoint was written with sparse_embeddings={'sparse_optimizer' in ckpt}, "
+                             f"this run has {run.cfg.sparse_embeddings}: resume with the same setting")  # fmt: skip
         run.model.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.scheduler.load_state_dict(ckpt["scheduler"])
+        if run.sparse_optimizer is not None:
+            run.sparse_optimizer.load_state_dict(ckpt["sparse_optimizer"])
+            run.sparse_scheduler.load_state_dict(ckpt["sparse_scheduler"])
         if len(ckpt["rng"]) == run.ctx.world_size:
             checkpoint.set_rng_state(ckpt["rng"][run.ctx.rank])
         return cls(
@@ -308,6 +359,10 @@ def _prepare(model: nn.Module, train: TensorData, cfg: TrainConfig, settings: Se
     bf16 = use_bf16(cfg, device)
     model.to(device)
     train = _place(train, device, cfg)
+    optimizer, sparse_optimizer = make_optimizers(model, cfg)  # before DDP: it reads which tables are sparse
+    if sparse_optimizer is not None and ctx.active and dist.get_backend() != "gloo":
+        raise ValueError(f"sparse_embeddings under DDP is supported on the gloo backend only (DDP all-reduces "
+                         f"the sparse gradients; tested there), not {dist.get_backend()}")  # fmt: skip
     net: nn.Module = model
     if ctx.active:
         from torch.nn.parallel import DistributedDataParallel
@@ -322,12 +377,17 @@ def _prepare(model: nn.Module, train: TensorData, cfg: TrainConfig, settings: Se
         if blocker:
             raise ValueError(f"compile: {blocker}")
         net = torch.compile(net)
-    optimizer = make_optimizer(model.parameters(), cfg)
     total_steps = cfg.epochs * -(-len(train) // local_batch)  # the schedule's horizon (rows / batch)
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg))
-    run = Training(model, net, optimizer, scheduler, cfg, settings, ctx, device, bf16, tasks, local_batch)
+
+    def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total_steps, cfg))
+
+    scheduler = schedule(optimizer)
+    sparse_scheduler = None if sparse_optimizer is None else schedule(sparse_optimizer)  # the same schedule
+    run = Training(model, net, optimizer, scheduler, cfg, settings, ctx, device, bf16, tasks, local_batch,
+                   sparse_optimizer, sparse_scheduler)  # fmt: skip
     return run, train
 
 
@@ -339,10 +399,13 @@ def _step(run: Training, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     total, per_task = masked_bce(logits, batch["labels"], batch["label_mask"])
     extra = run.model.extra_losses(batch, logits)
     loss = total + sum(extra.values()) if extra else total
-    run.optimizer.zero_grad(set_to_none=True)
+    for optimizer in run.optimizers():
+        optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    run.optimizer.step()
-    run.scheduler.step()
+    for optimizer in run.optimizers():
+        optimizer.step()
+    for scheduler in run.schedulers():
+        scheduler.step()
     return {"train_loss": loss, **{f"train_loss_{t}": per_task[i] for i, t in enumerate(run.tasks)}, **extra}
 
 

@@ -67,7 +67,7 @@ import torch
 from torch import nn
 
 from training.data import FeatureSpec
-from training.layers import FeatureEmbedding, ParallelMLP, ScenarioChunks, run_networks, runs_subsets
+from training.layers import EmbeddingTable, FeatureEmbedding, ParallelMLP, ScenarioChunks, run_networks, runs_subsets
 from training.models.base import ModelConfig, MsmtModel
 
 MIXERS = ("rankmixer", "mhsa")
@@ -151,7 +151,7 @@ class MdlImportantEmbedding(nn.Module):
         vocab = [spec.vocab(n) for n in names]
         self.register_buffer("columns", torch.tensor([spec.sparse_fields.index(n) for n in names]), persistent=False)
         self.register_buffer("offsets", torch.tensor([0, *vocab[:-1]]).cumsum(0), persistent=False)
-        self.table = nn.Embedding(sum(vocab), emb_dim)
+        self.table = EmbeddingTable(sum(vocab), emb_dim)
         nn.init.normal_(self.table.weight, std=0.01)
         self.out_dim = len(names) * emb_dim
 
