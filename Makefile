@@ -8,8 +8,8 @@ export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install chromium demo test test-unit test-integration e2e lint format airflow-ui mlflow-ui clean \
-	cluster-up cluster-down test-cluster
+.PHONY: install chromium demo test test-unit test-integration e2e lint format airflow airflow-down airflow-ui mlflow-ui clean \
+	cluster-up cluster-down cluster-demo test-cluster
 
 install: $(STAMP)
 
@@ -56,6 +56,9 @@ cluster-up: install
 cluster-down: install
 	$(BIN)/msmt cluster down
 
+cluster-demo: install  ## from an empty MSMT_HOME: cluster up, a simulated week, two days of msmt_daily run by the scheduler
+	$(BIN)/msmt cluster demo
+
 test-cluster: install  ## starts every service on a temp home, checks each, stops them (-m cluster: not in `make test`)
 	$(BIN)/pytest -m cluster tests/cluster
 
@@ -67,6 +70,12 @@ lint: install  ## ruff, and the layers' import contracts (pyproject.toml [tool.i
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+airflow: install  ## Airflow's api-server, scheduler and dag-processor (LocalExecutor) on the profile's DB, DAGs unpaused
+	$(BIN)/msmt airflow up
+
+airflow-down: install
+	$(BIN)/msmt airflow down
 
 airflow-ui: install  ## Airflow UI on the demo's metadata DB: http://localhost:8080
 	eval "$$($(BIN)/msmt env)" && PATH="$(CURDIR)/$(BIN):$$PATH" setsid $(BIN)/airflow standalone

@@ -168,7 +168,7 @@ def msmt_daily():
     published = publish_features(plan, build_features(plan, raw_checks))
     training_set = build_training_set(plan, sample_checks, published)
     trained = train_model(plan, training_set)
-    if SETTINGS.profile == "cluster":
+    if SETTINGS.trains_on_kubernetes:
         from airflow.sdk import TriggerRule
 
         from pipeline.pods import training_pod

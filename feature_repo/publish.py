@@ -12,9 +12,11 @@ DuckDB offline store reads the feature files through DuckDB's httpfs extension
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -90,6 +92,27 @@ def _duckdb_reads_the_lake(settings: Settings) -> None:
     backend.raw_sql(f"CREATE OR REPLACE SECRET msmt_lake (TYPE s3, {', '.join(options)})")
 
 
+class OnlineStoreUnreachable(ConnectionError):
+    """The profile's Redis online store did not answer (transient: the task's retries try again)."""
+
+
+@contextlib.contextmanager
+def _naming_the_online_store(settings: Settings) -> Iterator[None]:
+    """redis-py's error gives a host:port but not which service that is, nor how to bring it back."""
+    if not settings.feast_online_store:
+        yield  # SQLite in the home: its errors name the file
+        return
+    import redis
+
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+        raise OnlineStoreUnreachable(
+            f"Feast's online store, Redis at {settings.feast_online_store}, is unreachable ({error}); "
+            "on `msmt cluster`, `msmt cluster up` restarts it"
+        ) from error
+
+
 def _day_start(ds_: str) -> dt.datetime:
     return dt.datetime.combine(lake.day(ds_), dt.time(), tzinfo=dt.UTC)
 
@@ -99,9 +122,10 @@ def publish(settings: Settings, days: list[str]) -> dict:
     from feature_repo.definitions import definitions
 
     store = feature_store(settings)
-    store.apply(definitions(settings))
     first, last = min(days), max(days)
-    store.materialize(_day_start(first), _day_start(last) + dt.timedelta(seconds=1))
+    with _naming_the_online_store(settings):
+        store.apply(definitions(settings))
+        store.materialize(_day_start(first), _day_start(last) + dt.timedelta(seconds=1))
     log.info("feast: applied %s and materialised %s … %s", FEATURE_REPO.name, first, last)
     return {"feature_service": settings.data_contract.feature_service, "materialized": [first, last]}
 

@@ -40,6 +40,7 @@ class Settings:
     s3_endpoint_url: str = ""  # "" -> AWS default; set for MinIO / moto
     spark_master: str = "local[2]"
     spark_driver_memory: str = "4g"
+    spark_shuffle_partitions: int = 0  # 0: 4 on local[*] (tiny days), Spark's 200 on a master
     # Service URLs carry no password: secrets reach clients as PGPASSFILE, REDISCLI_AUTH and AWS_* (pipeline/cluster.py)
     airflow_db_uri: str = ""  # "" -> sqlite:///<home>/airflow/airflow.db; cluster: postgresql+psycopg2://msmt@…/airflow
     feast_registry: str = ""  # "" -> <home>/feast/registry.db; cluster: SQL registry postgresql+psycopg://msmt@…/feast
@@ -69,6 +70,7 @@ class Settings:
     train_image: str = "msmt-train:latest"  # image of the cluster profile's GPU training pod
     train_namespace: str = "msmt"  # Kubernetes namespace of that pod
     train_checkpoint_claim: str = "msmt-checkpoints"  # its PersistentVolumeClaim for checkpoints; "" = pod's /tmp
+    kubernetes: bool = True  # cluster profile trains in a pod / PyTorchJob; False: torchrun beside the task (no k8s)
 
     # gate
     gate_metric: str = "auc"
@@ -137,6 +139,11 @@ class Settings:
     def tasks(self) -> tuple[str, ...]:
         """The contract's label events, in the model's output order."""
         return self.data_contract.tasks
+
+    @property
+    def trains_on_kubernetes(self) -> bool:
+        """The cluster profile's GPU pod or PyTorchJob; `msmt cluster` on one machine has no Kubernetes."""
+        return self.profile == "cluster" and self.kubernetes
 
     # --- derived locations -------------------------------------------------
     @property

@@ -162,6 +162,23 @@ def cluster_env() -> None:
         raise _stopped(error) from None
 
 
+@cluster_app.command("demo")
+def cluster_demo(
+    impressions_per_day: Annotated[int, typer.Option(help="impressions per simulated day")] = 6_000,
+    seed: Annotated[int, typer.Option(help="simulator seed")] = 0,
+    compare_local: Annotated[bool, typer.Option(help="also run yesterday on the local profile")] = True,
+) -> None:
+    """From an empty MSMT_HOME: `cluster up`, a simulated week, msmt_daily for two days run by the scheduler."""
+    from pipeline.cluster_demo import run_cluster_demo
+
+    try:
+        result = run_cluster_demo(_settings(), impressions_per_day, seed, compare_local)
+    except StopRun as error:
+        raise _stopped(error) from None
+    if any(state != "success" for state in result["states"].values()):
+        raise typer.Exit(code=1)
+
+
 @app.command()
 def doctor() -> None:
     """Check the active profile's pieces (services, credentials, buckets, databases, the DAG); exit 1 if any fails."""
@@ -220,29 +237,36 @@ def experiment(
     name: Annotated[str | None, typer.Option(help="the experiment's name (default: from the rest)")] = None,
     assignments: Assignments = None,
 ) -> None:
-    """Replay MODEL over past run days against a baseline, as a run of the msmt_experiment DAG (in-process):
-    a verdict per scenario × task across days, an MLflow parent run with a child per day; nothing is promoted.
+    """Replay MODEL over past run days against a baseline, as a run of the msmt_experiment DAG: a verdict
+    per scenario × task across days, an MLflow parent run with a child per day; nothing is promoted.
 
-    Exit code: 0 the experiment ran (whatever the verdicts), 1 a task failed, 2 refused before it started.
+    The run goes to Airflow's scheduler when `msmt airflow up` runs for this home, else to the in-process
+    test runner. Exit code: 0 the experiment ran (whatever the verdicts), 1 a task failed, 2 refused.
     """
-    from pipeline import experiments, orchestration
+    import datetime as dt
+
+    from pipeline import experiments, orchestration, scheduler
 
     settings = _settings()
     conf = {"model": model, "from": first, "to": last, "baseline": baseline, "name": name,
             "overrides": _overrides(assignments)}  # fmt: skip
+    dag_id = orchestration.EXPERIMENT_DAG_ID
     try:
         experiments.Baseline.parse(baseline)
-        outcome = orchestration.run_experiment(settings, conf)
+        if len(scheduler.running(settings)) == len(scheduler.SERVICES):
+            run_id, runner = f"experiment__{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}", "the scheduler"
+            scheduler.trigger(settings, dag_id, conf, run_id)
+        else:
+            run_id, runner = orchestration.run_experiment(settings, conf).run_id, "in-process test runner"
     except StopRun as refused:
         raise _stopped(refused) from refused
-    dag_id = orchestration.EXPERIMENT_DAG_ID
-    summary = orchestration.task_value(outcome.run_id, "summarize", dag_id=dag_id)
+    summary = orchestration.task_value(run_id, "summarize", dag_id=dag_id)
     if summary is None:
-        failed = outcome.failed_task or "a task"
-        error = orchestration.task_value(outcome.run_id, failed, orchestration.ERROR_KEY, dag_id) or "see its log"
+        failed = orchestration.failed_task(run_id, dag_id) or "a task"
+        error = orchestration.task_value(run_id, failed, orchestration.ERROR_KEY, dag_id) or "see its log"
         typer.echo(f"experiment stopped: {failed} failed\n  {error}", err=True)
         raise typer.Exit(code=1)
-    where = f"MLflow parent run {summary['parent_run_id']}; Airflow {dag_id} run {outcome.run_id} (in-process)"
+    where = f"MLflow parent run {summary['parent_run_id']}; Airflow {dag_id} run {run_id} ({runner})"
     typer.echo(f"{experiments.table(summary)}\nreport: {summary['report']}\n{where}")
 
 

@@ -6,7 +6,8 @@ tracking server (PostgreSQL backend, artifacts proxied to S3), a Spark standalon
 worker, and Airflow's api-server / scheduler / dag-processor on PostgreSQL (`pipeline.scheduler`,
 LocalExecutor). State lives in `<home>/cluster/`: logs in `logs/`, ports and process groups in
 `state.json`, data under `postgres/`, `redis/`, `spark/`. moto keeps objects in memory, so the S3
-data does not survive `down`; PostgreSQL's and Redis's do.
+data (MLflow's artifacts) does not survive `down`; PostgreSQL's and Redis's do, and so does the lake,
+a directory of the home on this one machine (see `cluster_settings`).
 
 Spark standalone rather than Spark Connect: the cluster profile runs jobs through spark-submit
 against a master URL (SparkSubmitOperator), each job with its own driver and executors, as on a real
@@ -131,25 +132,38 @@ def _ports(home: Home) -> dict[str, int]:
     return ports
 
 
+def service_ports(settings: Settings) -> dict[str, int]:
+    """This home's service ports (the UIs' included): name -> port."""
+    return _ports(Home.of(settings))
+
+
 def cluster_settings(settings: Settings) -> Settings:
-    """The cluster profile on this home's services (no password in any field)."""
+    """The cluster profile on this home's services (no password in any field).
+
+    Two things differ from a real cluster, both for want of what this machine cannot fetch or run:
+    the lake is a directory of the home, which the Spark driver and the worker's executors share on
+    one machine (Spark's s3a connector, hadoop-aws, comes from Maven Central, unreachable here), and
+    training runs beside the task with torchrun (no Kubernetes). MLflow's artifacts do go to S3."""
+    home = settings.home.resolve()
     ports = _ports(Home.of(settings))
     db = f"{DB_USER}@{HOST}:{ports['postgres']}"
     return settings.with_(
         profile="cluster",
-        home=settings.home.resolve(),
-        lake_uri=f"s3://{BUCKETS['lake']}/lake",
+        home=home,
+        lake_uri=str(home / "lake"),
+        kubernetes=False,
         s3_endpoint_url=f"http://{HOST}:{ports['s3']}",
         mlflow_tracking_uri=f"http://{HOST}:{ports['mlflow']}",
         spark_master=f"spark://{HOST}:{ports['spark-master']}",
+        spark_shuffle_partitions=settings.spark_shuffle_partitions or 4,  # one worker, 2 cores
         airflow_db_uri=f"postgresql+psycopg2://{db}/airflow",
         feast_registry=f"postgresql+psycopg://{db}/feast",
         feast_online_store=f"{HOST}:{ports['redis']}",
     )
 
 
-PROFILE_KEYS = ("PROFILE", "HOME", "LAKE_URI", "S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "SPARK_MASTER",
-                "AIRFLOW_DB_URI", "FEAST_REGISTRY", "FEAST_ONLINE_STORE")  # fmt: skip
+PROFILE_KEYS = ("PROFILE", "HOME", "LAKE_URI", "KUBERNETES", "S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "SPARK_MASTER",
+                "SPARK_SHUFFLE_PARTITIONS", "AIRFLOW_DB_URI", "FEAST_REGISTRY", "FEAST_ONLINE_STORE")  # fmt: skip
 
 
 def client_env(settings: Settings) -> dict[str, str]:
@@ -395,6 +409,9 @@ def up(settings: Settings, timeout_s: float = 300) -> dict[str, int]:
         **os.environ,
         "SPARK_HOME": str(Path(_spark_class()).parent.parent),
         "SPARK_DAEMON_MEMORY": "512m",  # the master's and worker's own JVMs; executors get the worker's 2g
+        # One core per application unless it asks for more: a day's two Spark jobs (build_samples and
+        # build_features, parallel tasks) run side by side on the 2-core worker instead of one waiting.
+        "SPARK_MASTER_OPTS": "-Dspark.deploy.defaultCores=1",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # its GenAI job runners: 7 idle processes msmt never uses
     }
     deadline = time.monotonic() + timeout_s

@@ -218,14 +218,15 @@ def _s3(settings: Settings) -> str:
     import boto3
     import botocore.exceptions
 
-    if not settings.lake.startswith("s3://"):
+    lake_on_s3, ours = settings.lake.startswith("s3://"), cluster.Home.of(settings).state.exists()
+    if not lake_on_s3 and not ours:  # `msmt cluster` on one machine keeps the lake in its home, S3 for MLflow
         raise Problem(f"the lake {settings.lake} is not on S3 (MSMT_LAKE_URI)", SET_PROFILE)
     session = boto3.Session()
     if session.get_credentials() is None:
         raise Problem("no S3 credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)", SET_PROFILE)
     endpoint = settings.s3_endpoint_url or None
-    wanted = {urlparse(settings.lake).netloc}
-    if cluster.Home.of(settings).state.exists():
+    wanted = {urlparse(settings.lake).netloc} if lake_on_s3 else set()
+    if ours:
         wanted.update(cluster.BUCKETS.values())  # this home's cluster: MLflow's artifact bucket too
     try:
         listed = session.client("s3", endpoint_url=endpoint, region_name=session.region_name or "us-east-1")

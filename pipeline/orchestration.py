@@ -174,6 +174,11 @@ def task_states(run_id: str, dag_id: str = DAG_ID) -> dict[str, str]:
     return dict(sorted(states.items(), key=lambda item: order.get(item[0], len(order))))
 
 
+def failed_task(run_id: str, dag_id: str = DAG_ID) -> str | None:
+    """The first failed task of a run, in flow order."""
+    return next((task for task, state in task_states(run_id, dag_id).items() if state == "failed"), None)
+
+
 def task_value(run_id: str, task_id: str, key: str = "return_value", dag_id: str = DAG_ID):
     """An XCom of one task of the run (None when it left none)."""
     from airflow.models.xcom import XComModel

@@ -26,7 +26,7 @@ from pathlib import Path
 from msmt.errors import StopRun
 from msmt.settings import Settings
 from pipeline import orchestration
-from pipeline.orchestration import DAG_ID, airflow_env, prepare
+from pipeline.orchestration import DAG_ID, EXPERIMENT_DAG_ID, airflow_env, prepare
 
 log = logging.getLogger("msmt.scheduler")
 
@@ -116,10 +116,11 @@ def up(settings: Settings, port: int = DEFAULT_PORT, timeout_s: float = 240, unp
     deadline = time.monotonic() + timeout_s
     try:
         _wait(lambda: _answers(port), deadline, f"the api-server on port {port}", logs / "api-server.log")
-        _wait(_parsed, deadline, f"{DAG_ID} parsed by the dag-processor", logs / "dag-processor.log")
+        _wait(_parsed, deadline, f"{DAG_ID} and {EXPERIMENT_DAG_ID} parsed", logs / "dag-processor.log")
     except ServiceError:
         down(settings)
         raise
+    cli(env, "dags", "unpause", EXPERIMENT_DAG_ID)  # unscheduled: runs only when someone triggers an experiment
     if unpause:
         cli(env, "dags", "unpause", DAG_ID)
     log.info("airflow services up on http://127.0.0.1:%d (logs in %s): %s", port, logs, pids)
@@ -182,6 +183,24 @@ def wait_for_day(settings: Settings, ds: str, run_type: str = "scheduled", timeo
     raise ServiceError(f"no {run_type} run of {DAG_ID} for {ds} finished within {timeout_s:.0f} s")
 
 
+def trigger(settings: Settings, dag_id: str, conf: dict, run_id: str, timeout_s: float = 3600) -> str:
+    """Trigger `dag_id` with `conf` on the running services (no logical date) and wait for the run's final state."""
+    from airflow.models import DagRun
+    from airflow.utils.session import create_session
+
+    port = json.loads(_state_file(settings).read_text())["port"]
+    cli(service_env(settings, port), "dags", "trigger", dag_id, "--run-id", run_id, "--conf", json.dumps(conf))
+    os.environ.update(airflow_env(settings))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with create_session() as session:
+            state = session.query(DagRun.state).filter(DagRun.dag_id == dag_id, DagRun.run_id == run_id).scalar()
+        if str(getattr(state, "value", state)) in FINISHED:
+            return str(getattr(state, "value", state))
+        time.sleep(3)
+    raise ServiceError(f"{dag_id} run {run_id} did not finish within {timeout_s:.0f} s")
+
+
 def cli(env: dict[str, str], *args: str) -> str:
     done = subprocess.run([_airflow(), *args], env=env, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -198,12 +217,12 @@ def _answers(port: int) -> bool:
 
 
 def _parsed() -> bool:
-    """The dag-processor has serialised msmt_daily into the metadata DB (what the scheduler schedules from)."""
+    """The dag-processor has serialised both DAGs into the metadata DB (what the scheduler schedules from)."""
     from airflow.models import DagModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        return session.query(DagModel).filter(DagModel.dag_id == DAG_ID).count() > 0
+        return session.query(DagModel).filter(DagModel.dag_id.in_((DAG_ID, EXPERIMENT_DAG_ID))).count() == 2
 
 
 def _wait(ready, deadline: float, what: str, log_file: Path) -> None:

@@ -197,7 +197,7 @@ def train_model(settings: Settings, plan: DayPlan, training_set: str) -> dict:
 
     from training.train import train_model as train
 
-    trained_dir = lake.training_output(settings, plan.ds, plan.model) if settings.profile == "cluster" else None
+    trained_dir = lake.training_output(settings, plan.ds, plan.model) if settings.trains_on_kubernetes else None
     trained = train(
         settings,
         training_set,

@@ -17,6 +17,8 @@ import logging
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from functools import reduce
+from pathlib import Path
+from urllib.parse import urlparse
 
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -62,20 +64,54 @@ def get_spark(settings: Settings, app_name: str = "msmt") -> SparkSession:
     """The active session, or a new one configured from settings; UTC and microsecond timestamps either way."""
     spark = SparkSession.getActiveSession()
     if spark is None:
-        builder = (
-            SparkSession.builder.appName(app_name)
-            .master(settings.spark_master)
-            .config("spark.driver.memory", settings.spark_driver_memory)
-            .config("spark.ui.enabled", "false")
-            .config("spark.ui.showConsoleProgress", "false")
-        )
-        if settings.spark_master.startswith("local"):
-            builder = builder.config("spark.sql.shuffle.partitions", "4")  # tiny local days: 200 is all overhead
+        builder = SparkSession.builder.appName(app_name).master(settings.spark_master)
+        for key, value in spark_conf(settings).items():
+            builder = builder.config(key, value)
         spark = builder.getOrCreate()
         spark.sparkContext.setLogLevel("ERROR")
     for key, value in SQL_CONF.items():
         spark.conf.set(key, value)
     return spark
+
+
+def spark_conf(settings: Settings) -> dict[str, str]:
+    """A new session's configuration, rendered from the profile (kept apart from `get_spark` so it is
+    testable without a JVM).
+
+    An `s3://` lake adds Hadoop's s3a connector: hadoop-aws of the Hadoop pyspark ships (resolved from
+    Maven by `spark.jars.packages`), path-style requests to a MinIO / moto endpoint. Keys never go in
+    here: s3a's default credential chain reads AWS_* from the environment (driver and executors) or the
+    instance's role."""
+    conf = {
+        "spark.driver.memory": settings.spark_driver_memory,
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+    }
+    partitions = settings.spark_shuffle_partitions or (4 if settings.spark_master.startswith("local") else 0)
+    if partitions:
+        conf["spark.sql.shuffle.partitions"] = str(partitions)  # tiny days: 200 is all overhead
+    if settings.lake.startswith("s3://"):
+        conf["spark.jars.packages"] = f"org.apache.hadoop:hadoop-aws:{hadoop_version()}"
+    if settings.lake.startswith("s3://") and settings.s3_endpoint_url:
+        endpoint = urlparse(settings.s3_endpoint_url)
+        conf |= {
+            "spark.hadoop.fs.s3a.endpoint": settings.s3_endpoint_url,
+            "spark.hadoop.fs.s3a.endpoint.region": "us-east-1",  # any region: the endpoint is not AWS's
+            "spark.hadoop.fs.s3a.path.style.access": "true",  # bucket in the path: no per-bucket DNS name
+            "spark.hadoop.fs.s3a.connection.ssl.enabled": str(endpoint.scheme == "https").lower(),
+        }
+    return conf
+
+
+def hadoop_version() -> str:
+    """The Hadoop version bundled with pyspark (hadoop-aws must match it exactly)."""
+    import pyspark
+
+    jars = Path(pyspark.__file__).parent / "jars"
+    found = sorted(jars.glob("hadoop-client-api-*.jar"))
+    if not found:
+        raise FileNotFoundError(f"no hadoop-client-api jar in {jars}: cannot pick the matching hadoop-aws")
+    return found[-1].name.removeprefix("hadoop-client-api-").removesuffix(".jar")
 
 
 def spark_uri(uri: str) -> str:

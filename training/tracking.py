@@ -22,8 +22,12 @@ def configure_mlflow(settings: Settings) -> None:
     mlflow.set_experiment(settings.experiment)
 
 
-def artifact_location(settings: Settings) -> str:
-    """The lake on S3 (cluster profile) keeps the artifacts beside the data; else a local directory."""
+def artifact_location(settings: Settings) -> str | None:
+    """The lake on S3 (cluster profile) keeps the artifacts beside the data; a tracking server with a local
+    lake (`msmt cluster` on one machine) keeps them where the server proxies them (its S3 bucket); else a
+    local directory."""
     if settings.profile == "cluster" and settings.lake.startswith("s3://"):
         return lake.mlflow_artifacts(settings)
+    if settings.mlflow_uri.startswith(("http://", "https://")):
+        return None
     return Path(settings.mlflow_artifact_root, settings.experiment).as_uri()

@@ -1,48 +1,25 @@
-"""`msmt cluster` on the real services, started once for the module on a temp home; no mocks.
+"""`msmt cluster`'s services one by one, on the suite's cluster (conftest); no mocks.
 
-Run with `make test-cluster` (`pytest -m cluster`): it starts PostgreSQL, Redis, moto's S3 server,
-an MLflow server, a Spark master and worker and Airflow's services (~1.5 min of the suite's 2-4). The tests
-run in file order: the last ones kill a service, then stop everything and look for leftovers.
+Run with `make test-cluster` (`pytest -m cluster`): starting PostgreSQL, Redis, moto's S3 server, an
+MLflow server, a Spark master and worker and Airflow's services takes ~1.5 min. The last test kills a
+service and restarts it; test_shutdown stops everything and looks for leftovers.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
+from cluster_support import msmt, secret_values, state
 
 from pipeline.scheduler import alive
 
 pytestmark = pytest.mark.cluster
-
-MSMT = str(Path(sys.executable).with_name("msmt"))
-
-
-def msmt(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([MSMT, *args], env=env, capture_output=True, text=True, timeout=600, check=False)
-    if check and done.returncode:
-        raise AssertionError(f"msmt {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def state(home: Path) -> dict:
-    return json.loads((home / "cluster" / "state.json").read_text())
-
-
-def secret_values(home: Path) -> list[str]:
-    lines = (home / "cluster" / "secrets.env").read_text().splitlines()
-    return [line.split("=", 1)[1] for line in lines if not line.startswith("AWS_ACCESS_KEY_ID")]
 
 
 def s3_client(env: dict[str, str]):
@@ -52,25 +29,10 @@ def s3_client(env: dict[str, str]):
     return boto3.client("s3", endpoint_url=env["MSMT_S3_ENDPOINT_URL"], region_name="us-east-1", **keys)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """`msmt cluster up` on a fresh home (the env `msmt cluster env` prints), `down` at the end."""
-    home = Path(tempfile.mkdtemp(prefix="msmt-cluster-"))
-    home.chmod(0o711)  # the postgres OS user enters it for the data directory
-    base = {**os.environ, "MSMT_HOME": str(home)}
-    try:
-        msmt(base, "cluster", "up")
-        exported = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1)
-                        for line in msmt(base, "cluster", "env").stdout.splitlines())  # fmt: skip
-        yield home, {**base, **exported}
-    finally:
-        msmt(base, "cluster", "down", check=False)
-        shutil.rmtree(home, ignore_errors=True)
-
-
 def test_env_points_the_profile_at_the_services(cluster):
     home, env = cluster
-    assert env["MSMT_PROFILE"] == "cluster" and env["MSMT_LAKE_URI"].startswith("s3://msmt-lake/")
+    assert env["MSMT_PROFILE"] == "cluster" and env["MSMT_LAKE_URI"] == str(home.resolve() / "lake")
+    assert env["MSMT_KUBERNETES"] == "False"  # no Kubernetes here: torchrun trains beside the task
     assert env["MSMT_SPARK_MASTER"].startswith("spark://127.0.0.1:")
     assert "@" in env["MSMT_AIRFLOW_DB_URI"] and ":" not in env["MSMT_AIRFLOW_DB_URI"].split("//")[1].split("@")[0]
     for carrier in ("secrets.env", "pgpass", "redis.conf"):
@@ -203,27 +165,3 @@ def test_doctor_names_a_dead_service_and_up_restarts_only_it(cluster):
     assert {name: pid for name, pid in after.items() if name != "redis"} == {
         name: pid for name, pid in before.items() if name != "redis"
     }
-
-
-def test_down_leaves_no_process(cluster):
-    home, env = cluster
-    groups = [
-        *state(home)["pids"].values(),
-        *json.loads((home / "airflow" / "services.json").read_text())["pids"].values(),
-    ]
-    msmt(env, "cluster", "down")
-    assert [group for group in groups if alive(group)] == []
-    assert not (home / "airflow" / "services.json").exists() and state(home)["pids"] == {}
-
-
-def test_no_password_in_any_log(cluster):
-    home, _ = cluster
-    carriers = {home / "cluster" / name for name in ("secrets.env", "pgpass", "redis.conf")}
-    needles = [value.encode() for value in secret_values(home)]
-    leaked = [
-        path
-        for path in home.rglob("*")
-        if path.is_file() and path not in carriers and any(needle in path.read_bytes() for needle in needles)
-    ]  # the data directories too: PostgreSQL keeps a SCRAM hash, never the password
-    assert leaked == []
-    assert list((home / "cluster" / "logs").glob("*.log"))  # the logs were looked at

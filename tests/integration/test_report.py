@@ -239,3 +239,28 @@ def test_msmt_report_writes_it_and_prints_where(judged, monkeypatch):
     result = CliRunner().invoke(app, ["report", "--ds", RUN_DS])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-1] == lake.report(judged, RUN_DS)
+
+
+def test_the_experiment_report_renders_in_headless_chromium(tmp_path):
+    from pipeline.experiment_report import render
+    from pipeline.experiments import verdicts
+
+    def cell(scenario: str, task: str, diff: float) -> dict:
+        return {"scenario": scenario, "task": task, "rows": 900, "positives": 90, "diff": diff,
+                "ci_low": diff - 0.01, "ci_high": diff + 0.01, "status": "pass", "reason": "ok"}  # fmt: skip
+
+    days = [{"ds": day, "eval_ds": day, "challenger": "models:/x_experiments/1", "baseline": "models:/x/2",
+             "run_id": "r", "metric": "auc", "cells": [cell("homefeed", "click", d), cell("search", "click", -d)]}
+            for day, d in (("2026-01-05", 0.02), ("2026-01-06", 0.015))]  # fmt: skip
+    summary = {"name": "hinet-vs-champion", "model": "hinet", "baseline": {"label": "champion", "version": "2"},
+               "days": ["2026-01-05", "2026-01-06"], "parent_run_id": "p", "metric": "auc", "per_day": days,
+               "cells": verdicts(days)}  # fmt: skip
+    page = tmp_path / "experiment.html"
+    page.write_text(render(summary))
+    dom = _Elements({"heat-cell", "forest-row"})
+    dom.feed(_open(page, "--dump-dom").stdout)
+    assert len(dom.found["heat-cell"]) == 4  # 2 cells × 2 days, as Chromium built the DOM
+    assert {r["data-cell"]: r["data-status"] for r in dom.found["forest-row"]} == {
+        "homefeed / click": "pass",  # better on both days: pooled interval above 0
+        "search / click": "fail",  # worse
+    }

@@ -186,7 +186,7 @@ def test_heterogeneity_controls_how_much_scenarios_disagree(settings):
     assert unrelated < 0.3, unrelated
 
 
-def _one_day(config: SimConfig, impressions: int = 100_000):
+def _one_day(config: SimConfig, impressions: int = 30_000):
     """One simulated day of `impressions` rows, in memory (no files)."""
     rng = np.random.default_rng(5)
     world = _build_world(config, 4, rng)
