@@ -189,10 +189,15 @@ def _postgres(settings: Settings) -> str:
     except psycopg.OperationalError as error:
         what = str(error).strip().splitlines()[-1][:200]
         raise Problem(f"cannot connect to {url.host}:{url.port}: {what}", _restart(settings, "postgres")) from None
+    _all_present(wanted, present, f"PostgreSQL {server}: no database {{}}")
+    return f"PostgreSQL {server} at {url.host}:{url.port}; databases {', '.join(sorted(wanted))}"
+
+
+def _all_present(wanted: set[str], present: set[str], problem: str) -> None:
+    """A Problem naming what is missing (`problem` with `{}` for the names): `msmt cluster up` creates it."""
     missing = sorted(wanted - present)
     if missing:
-        raise Problem(f"PostgreSQL {server}: no database {', '.join(missing)}", "`msmt cluster up` creates them")
-    return f"PostgreSQL {server} at {url.host}:{url.port}; databases {', '.join(sorted(wanted))}"
+        raise Problem(problem.format(", ".join(missing)), "`msmt cluster up` creates them")
 
 
 def _redis(settings: Settings) -> str:
@@ -233,9 +238,7 @@ def _s3(settings: Settings) -> str:
         present = {bucket["Name"] for bucket in listed.list_buckets().get("Buckets", [])}
     except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError):
         raise Problem(f"S3 API unreachable at {endpoint}", _restart(settings, "s3")) from None
-    missing = sorted(wanted - present)
-    if missing:
-        raise Problem(f"no bucket {', '.join(missing)} at {endpoint or 'AWS'}", "`msmt cluster up` creates them")
+    _all_present(wanted, present, f"no bucket {{}} at {endpoint or 'AWS'}")
     return f"S3 API at {endpoint or 'AWS'}; buckets {', '.join(sorted(wanted))}"
 
 

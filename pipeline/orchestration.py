@@ -137,9 +137,7 @@ def run_daily(settings: Settings, ds: str, conf: dict | None = None) -> RunOutco
         run = load_dag().test(logical_date=logical_date(ds), run_conf={"promote": True, **(conf or {})})
     outcome = RunOutcome(ds, run.run_id, str(getattr(run.state, "value", run.state)), task_states(run.run_id))
     log.info("msmt_daily %s finished: %s", ds, outcome.state)
-    if not any(state not in ("None", "removed", "skipped", "upstream_failed") for state in outcome.tasks.values()):
-        raise NothingRan(f"msmt_daily for {ds} executed no task (task states: {outcome.tasks or 'none'})")
-    return outcome
+    return _ran(outcome, f"msmt_daily for {ds}")
 
 
 def run_experiment(settings: Settings, conf: dict) -> RunOutcome:
@@ -153,8 +151,13 @@ def run_experiment(settings: Settings, conf: dict) -> RunOutcome:
     outcome = RunOutcome(f"{conf.get('from')}..{conf.get('to')}", run.run_id, state,
                          task_states(run.run_id, EXPERIMENT_DAG_ID))  # fmt: skip
     log.info("msmt_experiment %s finished: %s", outcome.ds, outcome.state)
-    if not any(s not in ("None", "removed", "skipped", "upstream_failed") for s in outcome.tasks.values()):
-        raise NothingRan(f"msmt_experiment {outcome.ds} executed no task (task states: {outcome.tasks or 'none'})")
+    return _ran(outcome, f"msmt_experiment {outcome.ds}")
+
+
+def _ran(outcome: RunOutcome, what: str) -> RunOutcome:
+    """The outcome, or NothingRan when no task of the run executed: a run that did nothing is an error."""
+    if not any(state not in ("None", "removed", "skipped", "upstream_failed") for state in outcome.tasks.values()):
+        raise NothingRan(f"{what} executed no task (task states: {outcome.tasks or 'none'})")
     return outcome
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import SPEC
+from tiny import SPEC, fit_until_crash
 
 from msmt.settings import Settings
 from training import checkpoint, trainer
@@ -88,10 +88,6 @@ def _flat(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
 
 
-class _Crash(RuntimeError):
-    pass
-
-
 def test_resume_restores_both_optimizers(tmp_path):
     train = synthetic(SPEC, 640, seed=0)
     cfg = TrainConfig(epochs=2, batch_size=64, schedule="cosine", device="cpu", sparse_embeddings=True,
@@ -101,17 +97,8 @@ def test_resume_restores_both_optimizers(tmp_path):
     expected = fit(reference, train, None, TrainConfig(**{**cfg.__dict__, "checkpoint_dir": ""}))
 
     torch.manual_seed(0)
-    crashing, calls = build_model("mmoe", SPEC, emb_dim=4), [0]
-
-    def crash(module, args):
-        calls[0] += module.training
-        if calls[0] == 10 + 7:  # mid-epoch 2 (10 steps / epoch), after the step-16 checkpoint
-            raise _Crash
-
-    handle = crashing.register_forward_pre_hook(crash)
-    with pytest.raises(_Crash):
-        fit(crashing, train, None, cfg)
-    handle.remove()
+    crashing = build_model("mmoe", SPEC, emb_dim=4)
+    fit_until_crash(crashing, train, None, cfg, 10 + 7)  # mid-epoch 2 (10 steps / epoch), after the step-16 checkpoint
     saved = checkpoint.load(LOCAL, checkpoint.path_in(cfg.checkpoint_dir))
     assert (saved["epoch"], saved["step"]) == (1, 6)
     assert saved["sparse_optimizer"]["state"] and saved["sparse_scheduler"]["last_epoch"] == 16

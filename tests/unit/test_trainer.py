@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import SPEC
+from tiny import SPEC, Crash, fit_until_crash
 
 from msmt.settings import Settings
 from training import checkpoint, trainer
@@ -217,10 +217,6 @@ def _flat(model) -> torch.Tensor:
 # --- checkpoints --------------------------------------------------------------------------------
 
 
-class _Crash(RuntimeError):
-    pass
-
-
 def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(tmp_path):
     train, valid = synthetic(SPEC, 900, seed=0), synthetic(SPEC, 300, seed=1)
     cfg = TrainConfig(epochs=3, batch_size=64, schedule="cosine", warmup_steps=3, device="cpu",
@@ -234,17 +230,8 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(tmp_path):
     expected = fit(reference, train, valid, TrainConfig(**{**cfg.__dict__, "checkpoint_dir": ""}))
 
     torch.manual_seed(0)
-    crashing, calls = build(), [0]
-
-    def crash(module, args):
-        calls[0] += module.training
-        if calls[0] == 15 + 12:  # mid-epoch 2 (15 steps / epoch), after the step-25 checkpoint
-            raise _Crash
-
-    handle = crashing.register_forward_pre_hook(crash)
-    with pytest.raises(_Crash):
-        fit(crashing, train, valid, cfg)
-    handle.remove()
+    crashing = build()
+    fit_until_crash(crashing, train, valid, cfg, 15 + 12)  # mid-epoch 2 (15 steps/epoch), after the step-25 ckpt
     saved = checkpoint.load(LOCAL, checkpoint.path_in(cfg.checkpoint_dir))
     assert (saved["epoch"], saved["step"]) == (1, 10)
 
@@ -276,7 +263,7 @@ def test_checkpoints_are_atomic_and_weights_only(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
     monkeypatch.undo()
 
-    torch.save({"evil": _Crash("not a tensor")}, path)
+    torch.save({"evil": Crash("not a tensor")}, path)
     with pytest.raises(Exception, match=r"weights_only|Unsupported global"):
         checkpoint.load(LOCAL, path)
 

@@ -101,3 +101,27 @@ def no_host_sync():
         for name in ("unique", "nonzero", "bincount"):
             patch.setattr(torch, name, refuse)
         yield
+
+
+class Crash(RuntimeError):
+    """A worker dying mid-training (raised by `fit_until_crash`)."""
+
+
+def fit_until_crash(model, train, valid, cfg, at_forward: int) -> None:
+    """`training.trainer.fit` that dies at the `at_forward`-th training forward, after whatever
+    checkpoints came before it: a killed worker, for the resume tests."""
+    from training.trainer import fit
+
+    calls = [0]
+
+    def crash(module, args):
+        calls[0] += module.training
+        if calls[0] == at_forward:
+            raise Crash
+
+    handle = model.register_forward_pre_hook(crash)
+    try:
+        with pytest.raises(Crash):
+            fit(model, train, valid, cfg)
+    finally:
+        handle.remove()
