@@ -35,9 +35,13 @@ chromium:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	}
 
+# Two workers, each given whole test files in collection order (module fixtures such as the e2e's days are
+# built once): the suite waits on JVMs, subprocesses and Airflow's services, so one core alone idles.
+TEST_WORKERS ?= 2
+
 test: install chromium  ## the whole suite (what CI runs): the import contracts, then every test
 	$(BIN)/lint-imports
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-unit: install
 	$(BIN)/pytest tests/unit

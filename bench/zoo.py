@@ -59,8 +59,12 @@ def _own_peak_rss() -> int:
 
 
 def train_one(args: tuple) -> dict:
-    """One (model, seed): fit on the train days, score the held-out day (runs in its own process)."""
-    settings, training_set, eval_ds, name, seed, epochs = args
+    """One (model, seed): fit on the train days, score the held-out day (runs in its own process).
+
+    With `patience` > 0 the last training day is the validation day: training stops once its loss has
+    not improved for `patience` epochs (at most `epochs`) and keeps the best epoch's weights; the model
+    then fits on one day fewer."""
+    settings, training_set, eval_ds, name, seed, epochs, patience = args
     import torch
 
     from training.data import default_spec, encode, read_training_set, split_by_day
@@ -70,10 +74,16 @@ def train_one(args: tuple) -> dict:
 
     train_table, eval_table = split_by_day(read_training_set(settings, training_set), eval_ds)
     spec = default_spec(len(settings.scenarios))
+    valid = None
+    if patience:
+        last_day = max(train_table.column("ds").cast("string").to_pylist())
+        train_table, valid_table = split_by_day(train_table, last_day)
+        valid = encode(valid_table, spec)
     train, held_out = encode(train_table, spec), encode(eval_table, spec)
     torch.manual_seed(seed)
     model = build_model(name, spec)
-    fitted = fit(model, train, None, TrainConfig(epochs=epochs, batch_size=2048, lr=2e-3, seed=seed))
+    config = TrainConfig(epochs=epochs, batch_size=2048, lr=2e-3, seed=seed, patience=patience)
+    fitted = fit(model, train, valid, config)
     cells = score_cells(model, held_out, settings.scenarios, settings.tasks)
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _own_peak_rss()
     return {
@@ -83,6 +93,8 @@ def train_one(args: tuple) -> dict:
         "samples_per_s": fitted.samples_per_s,
         "peak_bytes": peak,
         "train_rows": len(train),
+        "epochs_run": len(fitted.history),
+        "best_epoch": fitted.best_epoch,
         "auc": {(c["scenario"], c["task"]): c["auc"] for c in cells},
     }
 
@@ -133,7 +145,8 @@ def main() -> None:
     parser.add_argument("--impressions-per-day", type=int, default=350_000)
     parser.add_argument("--world", choices=sorted(WORLDS), default="default", help="pipeline.simulate.WORLDS")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs (with --patience: the most)")
+    parser.add_argument("--patience", type=int, default=0, help="early stopping on the last training day")
     parser.add_argument("--models", nargs="+", default=model_names())
     parser.add_argument("--record", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args()
@@ -144,7 +157,8 @@ def main() -> None:
         training_set, eval_ds, oracle = prepare(settings, args.impressions_per_day, WORLDS[args.world])
         print(f"data ready in {time.perf_counter() - started:.0f} s: {training_set}")
         cells = [(s, t) for s in settings.scenarios for t in settings.tasks]
-        jobs = [(settings, training_set, eval_ds, m, seed, args.epochs) for m in args.models for seed in args.seeds]
+        jobs = [(settings, training_set, eval_ds, m, seed, args.epochs, args.patience)
+                for m in args.models for seed in args.seeds]  # fmt: skip
         results = []
         with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
             for result in pool.imap(train_one, jobs):

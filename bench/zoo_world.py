@@ -414,9 +414,9 @@ def report(world: dict, stats: dict, refs: dict, mmoe: list[dict], cells: list) 
     return "\n".join(lines)
 
 
-def run_mmoe(world: dict, seed: int, epochs: int) -> dict:
+def run_mmoe(world: dict, seed: int, epochs: int, patience: int) -> dict:
     started = time.perf_counter()
-    result = train_one((world["settings"], world["uri"], world["eval_ds"], "mmoe", seed, epochs))
+    result = train_one((world["settings"], world["uri"], world["eval_ds"], "mmoe", seed, epochs, patience))
     result["seconds"] = time.perf_counter() - started
     return result
 
@@ -426,7 +426,8 @@ def main() -> None:
     parser.add_argument("--world", choices=sorted(WORLDS), default="zoo")
     parser.add_argument("--rows", type=int, default=1_000_000, help="training rows (train_days days of rows / 3)")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="MMoE seeds (none: no MMoE)")
-    parser.add_argument("--epochs", type=int, default=2, help="MMoE epochs (bench/zoo.py's default)")
+    parser.add_argument("--epochs", type=int, default=2, help="MMoE epochs (with --patience: the most)")
+    parser.add_argument("--patience", type=int, default=0, help="MMoE: early stopping on the last training day")
     parser.add_argument("--sim-seed", type=int, default=0)
     parser.add_argument("--dim", type=int, default=8, help="the ceiling's latent dim (the world's is 8)")
     parser.add_argument("--max-epochs", type=int, default=10, help="the reference learners' epoch limit")
@@ -452,11 +453,12 @@ def main() -> None:
             seeds = args.seeds[:1] if args.curve else args.seeds
             mmoe = []
             for seed in seeds:
-                mmoe.append(run_mmoe(world, seed, args.epochs))
+                mmoe.append(run_mmoe(world, seed, args.epochs, args.patience))
                 r = mmoe[-1]
                 log(
                     f"  MMoE seed {seed}: mean AUC {_mean(r['auc'], cells):.4f} in {r['seconds']:.0f} s "
-                    f"({r['samples_per_s']:,.0f} samples/s, {r['train_rows']:,} rows × {args.epochs} epochs)"
+                    f"({r['samples_per_s']:,.0f} samples/s, {r['train_rows']:,} rows × {r['epochs_run']} epochs, "
+                    f"best {r['best_epoch'] or r['epochs_run']})"
                 )
             log(report(world, stats, refs, mmoe, cells))
 

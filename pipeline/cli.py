@@ -198,7 +198,7 @@ def backfill(
     promote: Annotated[bool, typer.Option(help="move the champion on passing days (a backfill does not)")] = False,
     rebuild: Annotated[bool, typer.Option(help="reprocess the days' samples and features from raw logs")] = False,
     keep_going: Annotated[bool, typer.Option(help="carry on after a failed day")] = False,
-    port: Port = 8080,
+    port: Annotated[int | None, typer.Option(help="the api-server's port (default: the running services')")] = None,
     assignments: Assignments = None,
 ) -> None:
     """Backfill msmt_daily over past days through Airflow's scheduler, one day at a time, with a summary.
@@ -206,13 +206,13 @@ def backfill(
     Needs the services (`msmt airflow up`). Days that already have a run are reused unless --rebuild.
     """
     from pipeline import backfill as backfills
-    from pipeline import steps
+    from pipeline import scheduler, steps
 
     settings = _settings()
     params = {"model": model, "promote": promote, "overrides": _overrides(assignments)}
     try:
         steps.plan_from_params(settings, first, params)  # a bad model or override fails here, before Airflow
-        backfill_id = backfills.create(settings, first, last, params, rebuild, port)
+        backfill_id = backfills.create(settings, first, last, params, rebuild, port or scheduler.service_port(settings))
 
         def progress(day: backfills.DayResult) -> None:
             typer.echo(f"{day.ds}: {day.state}, gate {day.verdict}, champion {day.champion}")

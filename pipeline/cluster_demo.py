@@ -30,12 +30,27 @@ TINY = {"epochs": 2, "train_days": 2, "batch_size": 256, "gate_min_rows": 300}
 LOCAL_TWIN = "local-profile"  # the local profile's home for the comparison, inside the demo's home
 
 
-def gate_cells(settings: Settings, ds: str) -> dict[tuple[str, str], str]:
-    """(scenario, task) -> status of the gate of day `ds`'s run, from the gate decision in the lake."""
+def gate_cells(settings: Settings, ds: str) -> dict[tuple[str, str], dict]:
+    """(scenario, task) -> the cell of the gate of day `ds`'s run, from the gate decision in the lake."""
     from pipeline.steps import plan_day
 
     decision = storage.read_json(settings, lake.gate_report(settings, plan_day(settings, ds).sample_ds))
-    return {(cell["scenario"], cell["task"]): cell["status"] for cell in decision["cells"]}
+    return {(cell["scenario"], cell["task"]): cell for cell in decision["cells"]}
+
+
+def judged_alike(one: dict[tuple[str, str], dict], other: dict[tuple[str, str], dict]) -> bool:
+    """Whether two gate matrices have the same cells, each on the same rows and positives with the same status."""
+
+    def judged(cells: dict) -> dict:
+        return {key: (c["status"], c["rows"], c["positives"]) for key, c in cells.items()}
+
+    return judged(one) == judged(other)
+
+
+def auc_gap(one: dict[tuple[str, str], dict], other: dict[tuple[str, str], dict]) -> float:
+    """The largest challenger-metric difference over the cells both matrices scored."""
+    pairs = [(c["challenger"], other[key]["challenger"]) for key, c in one.items() if key in other]
+    return max((abs(a - b) for a, b in pairs if a is not None and b is not None), default=0.0)
 
 
 def local_twin(settings: Settings, home: Path) -> Settings:
@@ -45,15 +60,22 @@ def local_twin(settings: Settings, home: Path) -> Settings:
                           kubernetes=True)  # fmt: skip
 
 
-def run_local_day(settings: Settings, ds: str) -> float:
-    """Run day `ds` on the local profile (`msmt run`, its own process: this one's Airflow is configured for
-    PostgreSQL) and return its tasks' wall time from its SQLite metadata DB."""
+def start_local_day(settings: Settings, ds: str) -> subprocess.Popen:
+    """Start day `ds` on the local profile: `msmt run` in its own process (this one's Airflow is configured
+    for PostgreSQL), output kept in `<its home>/local-run.log`."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MSMT_", "AIRFLOW"))}
     msmt = str(Path(sys.executable).with_name("msmt"))
-    done = subprocess.run([msmt, "run", "--ds", ds], env={**env, **settings.to_env()}, capture_output=True,
-                          text=True, check=False)  # fmt: skip
-    if done.returncode:
-        raise RuntimeError(f"the local profile's run of {ds} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with open(settings.home / "local-run.log", "wb") as out:
+        return subprocess.Popen([msmt, "run", "--ds", ds], env={**env, **settings.to_env()}, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def finish_local_day(settings: Settings, process: subprocess.Popen) -> float:
+    """Wait for `start_local_day`'s run; its tasks' wall time from its SQLite metadata DB."""
+    if process.wait():
+        log = (settings.home / "local-run.log").read_text(errors="replace")
+        raise RuntimeError(f"the local profile's run failed (exit {process.returncode}):\n{log[-6000:]}")
     with sqlite3.connect(settings.airflow_db.removeprefix("sqlite:///")) as db:
         query = "SELECT min(start_date), max(end_date) FROM task_instance WHERE dag_id = 'msmt_daily'"
         first, last = db.execute(query).fetchone()  # the twin's home runs this one day only
@@ -125,10 +147,12 @@ def run_cluster_demo(settings: Settings, impressions_per_day: int, seed: int, co
 
     same_gate = None
     if compare_local:
-        timings[f"msmt_daily {yesterday} (local profile)"] = run_local_day(twin, yesterday)
-        same_gate = gate_cells(twin, yesterday) == gate_cells(profile, yesterday)
+        timings[f"msmt_daily {yesterday} (local profile)"] = finish_local_day(twin, start_local_day(twin, yesterday))
+        local, on_cluster = gate_cells(twin, yesterday), gate_cells(profile, yesterday)
+        same_gate = judged_alike(local, on_cluster)
+        gap = auc_gap(local, on_cluster)
         print(f"gate matrix of {yesterday}, local profile vs cluster: {'same' if same_gate else 'DIFFERENT'} "
-              "cells and statuses")  # fmt: skip
+              f"cells, rows, positives and statuses; AUCs within {gap:.4f}")  # fmt: skip
 
     print('\n=== where the results live (credentials: eval "$(msmt cluster env)") ===')
     print(f"  Airflow UI:       http://127.0.0.1:{port}   (metadata DB {profile.airflow_db})")

@@ -83,7 +83,7 @@ def plan(
 
     from training.catalog import model_names
     from training.hparams import check_overrides
-    from training.promotion import current_champion
+    from training.promotion import current_champion, trained_on_held_out
     from training.tracking import configure_mlflow
 
     if first > last:
@@ -104,9 +104,15 @@ def plan(
         )
     configure_mlflow(settings)
     version = _baseline_version(settings, chosen, current_champion(settings))
+    client = mlflow.MlflowClient()
+    seen = [why for p in plans if (why := trained_on_held_out(client, settings.registered_model, version, p.sample_ds))]
+    if seen:
+        raise ExperimentError(
+            f"baseline {chosen.label}: {seen[0]}; replay days after its training, or compare with "
+            "--baseline model=NAME (trained on each day's own past, as the challenger is)"
+        )
     name = name or f"{model}-vs-{chosen.label}-{first}..{last}"
     tags = {KIND_TAG: "experiment", NAME_TAG: name, "msmt.model": model, "msmt.baseline": chosen.label}
-    client = mlflow.MlflowClient()
     experiment_id = mlflow.set_experiment(settings.experiment).experiment_id
     run = client.create_run(experiment_id, run_name=f"experiment {name}", tags=tags)
     params = {"model": model, "baseline": chosen.label, "baseline.version": version or "-", "from": first, "to": last}

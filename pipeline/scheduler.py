@@ -183,12 +183,19 @@ def wait_for_day(settings: Settings, ds: str, run_type: str = "scheduled", timeo
     raise ServiceError(f"no {run_type} run of {DAG_ID} for {ds} finished within {timeout_s:.0f} s")
 
 
+def service_port(settings: Settings) -> int:
+    """The api-server's port of this home's running services; ServiceError when they are not running."""
+    if SERVICES[0] not in running(settings):
+        raise ServiceError(f"Airflow's services are not running for {settings.home}: start them with `msmt airflow up`")
+    return int(json.loads(_state_file(settings).read_text())["port"])
+
+
 def trigger(settings: Settings, dag_id: str, conf: dict, run_id: str, timeout_s: float = 3600) -> str:
     """Trigger `dag_id` with `conf` on the running services (no logical date) and wait for the run's final state."""
     from airflow.models import DagRun
     from airflow.utils.session import create_session
 
-    port = json.loads(_state_file(settings).read_text())["port"]
+    port = service_port(settings)
     cli(service_env(settings, port), "dags", "trigger", dag_id, "--run-id", run_id, "--conf", json.dumps(conf))
     os.environ.update(airflow_env(settings))
     deadline = time.monotonic() + timeout_s

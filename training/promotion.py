@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -88,6 +89,9 @@ def evaluate_and_gate(settings: Settings, training_set_uri: str, eval_ds: str, c
         settings.tasks,
         rules,
     )
+    seen = trained_on_held_out(client, name, champion_version, eval_ds)
+    if seen:
+        decision = replace(decision, passed=False, reasons=[seen, *decision.reasons])
     matrix = decision.format_matrix()
     print(f"gate: challenger v{challenger_version} vs champion {_label(champion_version)} on {eval_ds}\n{matrix}")
     report = {
@@ -233,6 +237,24 @@ def alias_history(settings: Settings) -> list[dict]:
     configure_mlflow(settings)
     tags = _registered_model(MlflowClient(), settings.registered_model).get("tags", {})
     return [json.loads(tags[key]) for key in sorted(tags) if key.startswith("alias_history.")]
+
+
+def trained_on_held_out(client: MlflowClient, name: str, version: str | None, eval_ds: str) -> str:
+    """Why version `version` cannot be judged on day `eval_ds`'s held-out rows ('' when it can).
+
+    A version trained on `eval_ds` has seen those rows: beside it, any challenger looks worse. That is
+    the case of a backfill into the past while the champion was trained on later days, and of a replay
+    of past days against today's champion. Its run's `train_days` param names the days it fit on."""
+    if version is None:
+        return ""
+    run_id = client.get_model_version(name, version).run_id
+    train_days = client.get_run(run_id).data.params.get("train_days", "").split(",")
+    if eval_ds not in train_days:
+        return ""
+    return (
+        f"v{version} was trained on {eval_ds} ({', '.join(train_days)}), the day whose held-out rows judge "
+        f"this comparison: it has seen them, so no comparison with it there is fair"
+    )
 
 
 def score_model(model_uri: str, table: pa.Table) -> tuple[np.ndarray, TensorData]:

@@ -257,6 +257,10 @@ def test_gate_promotes_refuses_and_rolls_back(env, capsys):
     header, day = status_lines(settings)  # `msmt status`: the one held-out day these gates judged
     assert header.startswith("held-out day") and day.split()[0] == EVAL_DS and day.split()[1] in {"passed", "rejected"}
 
+    seen = evaluate_and_gate(settings, uri, DAYS[-2], v2)  # champion v1 trained on that day: it knows the rows
+    assert not seen["passed"] and seen["reasons"][0].startswith(f"v{v1} was trained on {DAYS[-2]}"), seen["reasons"]
+    assert client.get_model_version(name, v2).tags["gate.decision"] == "fail"
+
 
 def test_history_and_status_say_when_nothing_happened_yet(settings):
     assert history_lines(settings) == [f"{settings.registered_model}: no alias has moved yet (no promotion)"]

@@ -99,3 +99,10 @@ def test_check_raw_names_a_day_that_breaks_the_contract(tmp_path, monkeypatch):
     result = runner.invoke(app, ["check-raw", "--day", "2026-03-01"])
     assert result.exit_code == 2
     assert "raw impressions ds=2026-03-01: columns differ from the contract: missing sku" in result.output
+
+
+def test_a_backfill_without_the_scheduler_says_how_to_start_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSMT_HOME", str(tmp_path))
+    result = runner.invoke(app, ["backfill", "--from", "2026-03-08", "--to", "2026-03-09"])
+    assert result.exit_code == 2, result.output
+    assert f"Airflow's services are not running for {tmp_path}" in result.output and "msmt airflow up" in result.output
