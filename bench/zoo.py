@@ -19,6 +19,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +59,27 @@ def _own_peak_rss() -> int:
     return 0
 
 
-def train_one(args: tuple) -> dict:
+@dataclass(frozen=True)
+class Job:
+    """One (model, seed) training of the zoo benchmark and its budget."""
+
+    settings: Settings
+    training_set: str
+    eval_ds: str
+    model: str
+    seed: int
+    epochs: int  # with patience: the most
+    patience: int = 0  # > 0: early stopping on the last training day
+    lr: float = 2e-3
+
+
+def train_one(job: Job) -> dict:
     """One (model, seed): fit on the train days, score the held-out day (runs in its own process).
 
     With `patience` > 0 the last training day is the validation day: training stops once its loss has
     not improved for `patience` epochs (at most `epochs`) and keeps the best epoch's weights; the model
     then fits on one day fewer."""
-    settings, training_set, eval_ds, name, seed, epochs, patience = args
+    settings, training_set, eval_ds, name, seed = job.settings, job.training_set, job.eval_ds, job.model, job.seed
     import torch
 
     from training.data import default_spec, encode, read_training_set, split_by_day
@@ -75,14 +90,14 @@ def train_one(args: tuple) -> dict:
     train_table, eval_table = split_by_day(read_training_set(settings, training_set), eval_ds)
     spec = default_spec(len(settings.scenarios))
     valid = None
-    if patience:
+    if job.patience:
         last_day = max(train_table.column("ds").cast("string").to_pylist())
         train_table, valid_table = split_by_day(train_table, last_day)
         valid = encode(valid_table, spec)
     train, held_out = encode(train_table, spec), encode(eval_table, spec)
     torch.manual_seed(seed)
     model = build_model(name, spec)
-    config = TrainConfig(epochs=epochs, batch_size=2048, lr=2e-3, seed=seed, patience=patience)
+    config = TrainConfig(epochs=job.epochs, batch_size=2048, lr=job.lr, seed=seed, patience=job.patience)
     fitted = fit(model, train, valid, config)
     cells = score_cells(model, held_out, settings.scenarios, settings.tasks)
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _own_peak_rss()
@@ -147,6 +162,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=2, help="epochs (with --patience: the most)")
     parser.add_argument("--patience", type=int, default=0, help="early stopping on the last training day")
+    parser.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate, every model")
     parser.add_argument("--models", nargs="+", default=model_names())
     parser.add_argument("--record", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args()
@@ -157,7 +173,7 @@ def main() -> None:
         training_set, eval_ds, oracle = prepare(settings, args.impressions_per_day, WORLDS[args.world])
         print(f"data ready in {time.perf_counter() - started:.0f} s: {training_set}")
         cells = [(s, t) for s in settings.scenarios for t in settings.tasks]
-        jobs = [(settings, training_set, eval_ds, m, seed, args.epochs, args.patience)
+        jobs = [Job(settings, training_set, eval_ds, m, seed, args.epochs, args.patience, args.lr)
                 for m in args.models for seed in args.seeds]  # fmt: skip
         results = []
         with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:

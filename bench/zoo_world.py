@@ -46,7 +46,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench.zoo import START, train_one  # noqa: E402
+from bench.zoo import START, Job, train_one  # noqa: E402
 from msmt import lake  # noqa: E402
 from msmt.settings import Settings  # noqa: E402
 from pipeline.simulate import DEVICES, WORLDS, SimConfig, oracle_auc, simulate  # noqa: E402
@@ -414,9 +414,9 @@ def report(world: dict, stats: dict, refs: dict, mmoe: list[dict], cells: list) 
     return "\n".join(lines)
 
 
-def run_mmoe(world: dict, seed: int, epochs: int, patience: int) -> dict:
+def run_mmoe(world: dict, seed: int, epochs: int, patience: int, lr: float) -> dict:
     started = time.perf_counter()
-    result = train_one((world["settings"], world["uri"], world["eval_ds"], "mmoe", seed, epochs, patience))
+    result = train_one(Job(world["settings"], world["uri"], world["eval_ds"], "mmoe", seed, epochs, patience, lr))
     result["seconds"] = time.perf_counter() - started
     return result
 
@@ -428,6 +428,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="MMoE seeds (none: no MMoE)")
     parser.add_argument("--epochs", type=int, default=2, help="MMoE epochs (with --patience: the most)")
     parser.add_argument("--patience", type=int, default=0, help="MMoE: early stopping on the last training day")
+    parser.add_argument("--lr", type=float, default=2e-3, help="MMoE: Adam's learning rate (bench/zoo.py's default)")
     parser.add_argument("--sim-seed", type=int, default=0)
     parser.add_argument("--dim", type=int, default=8, help="the ceiling's latent dim (the world's is 8)")
     parser.add_argument("--max-epochs", type=int, default=10, help="the reference learners' epoch limit")
@@ -453,7 +454,7 @@ def main() -> None:
             seeds = args.seeds[:1] if args.curve else args.seeds
             mmoe = []
             for seed in seeds:
-                mmoe.append(run_mmoe(world, seed, args.epochs, args.patience))
+                mmoe.append(run_mmoe(world, seed, args.epochs, args.patience, args.lr))
                 r = mmoe[-1]
                 log(
                     f"  MMoE seed {seed}: mean AUC {_mean(r['auc'], cells):.4f} in {r['seconds']:.0f} s "

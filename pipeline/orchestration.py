@@ -38,9 +38,20 @@ class NothingRan(StopRun):
     """A run that executed no task: an error, never a success."""
 
 
+# Seconds an Airflow connection waits for SQLite's write lock (pysqlite's default is 5). The scheduler, its
+# task processes, the api-server and the CLI share one file; on 2 busy cores a backfill's insert waited
+# longer than 5 s, failed with "database is locked", and the scheduler then died on the rolled-back rows.
+SQLITE_CONNECT_ARGS = {"timeout": 60}
+
+
 def airflow_env(settings: Settings) -> dict[str, str]:
     home = settings.airflow_home
+    sqlite_waits = {
+        f"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS{suffix}": f"{__name__}.SQLITE_CONNECT_ARGS"
+        for suffix in ("", "_ASYNC")
+    }
     return {
+        **(sqlite_waits if settings.airflow_db.startswith("sqlite") else {}),
         **settings.to_env(),
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
