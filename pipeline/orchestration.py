@@ -42,16 +42,15 @@ class NothingRan(StopRun):
 # task processes, the api-server and the CLI share one file; on 2 busy cores a backfill's insert waited
 # longer than 5 s, failed with "database is locked", and the scheduler then died on the rolled-back rows.
 SQLITE_CONNECT_ARGS = {"timeout": 60}
+SERVER_CONNECT_ARGS: dict = {}  # PostgreSQL: the driver's own defaults (psycopg refuses "timeout")
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
     home = settings.airflow_home
-    sqlite_waits = {
-        f"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS{suffix}": f"{__name__}.SQLITE_CONNECT_ARGS"
-        for suffix in ("", "_ASYNC")
-    }
+    args = "SQLITE_CONNECT_ARGS" if settings.airflow_db.startswith("sqlite") else "SERVER_CONNECT_ARGS"
     return {
-        **(sqlite_waits if settings.airflow_db.startswith("sqlite") else {}),
+        # always set: a process that prepared the local profile first must not carry its args to PostgreSQL
+        **{f"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS{end}": f"{__name__}.{args}" for end in ("", "_ASYNC")},
         **settings.to_env(),
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
