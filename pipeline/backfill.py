@@ -33,6 +33,12 @@ class DayResult:
     champion: str  # the champion after the day ("-" before any)
 
 
+# SQLite refuses a transaction that must upgrade its read lock while the scheduler writes ("database is
+# locked" at once, whatever the busy timeout); Airflow then removes the partial backfill so that it can be
+# retried. PostgreSQL never gets here.
+LOCK_TRIES = 4
+
+
 def create(settings: Settings, first: str, last: str, conf: dict, rebuild: bool, port: int) -> int:
     """Ask Airflow for a backfill of `first`..`last` (run days, inclusive); its id."""
     from airflow.models.backfill import Backfill
@@ -42,7 +48,15 @@ def create(settings: Settings, first: str, last: str, conf: dict, rebuild: bool,
     conf = {**conf, "rebuild": rebuild}
     args = ["backfill", "create", "--dag-id", DAG_ID, "--from-date", first, "--to-date", last, "--max-active-runs",
             "1", "--reprocess-behavior", reprocess, "--dag-run-conf", json.dumps(conf)]  # fmt: skip
-    cli(service_env(settings, port), *args)
+    for attempt in range(1, LOCK_TRIES + 1):
+        try:
+            cli(service_env(settings, port), *args)
+            break
+        except ServiceError as error:
+            if "database is locked" not in str(error) or attempt == LOCK_TRIES:
+                raise
+            log.warning("backfill create met a locked SQLite metadata DB (try %d of %d); retrying", attempt, LOCK_TRIES)
+            time.sleep(2 * attempt)
     with create_session() as session:
         return session.query(Backfill.id).filter(Backfill.dag_id == DAG_ID).order_by(Backfill.id.desc()).first()[0]
 
