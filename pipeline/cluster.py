@@ -50,6 +50,7 @@ from pathlib import Path
 
 from msmt.settings import Settings
 from pipeline import scheduler
+from pipeline.orchestration import airflow_env
 from pipeline.scheduler import ServiceError, alive
 
 log = logging.getLogger("msmt.cluster")
@@ -177,6 +178,7 @@ def client_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": profile.airflow_db,
         # Airflow derives an asyncpg URL from the sync one; psycopg 3 (installed) does async as well.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": profile.airflow_db.replace("+psycopg2", "+psycopg"),
+        **{key: value for key, value in airflow_env(profile).items() if "CONNECT_ARGS" in key},  # PostgreSQL's
         "AIRFLOW__API__PORT": str(ports["airflow"]),
         "PGPASSFILE": str(home.pgpass),
         "REDISCLI_AUTH": secret["REDIS_PASSWORD"],
