@@ -105,10 +105,10 @@ def plan(
     configure_mlflow(settings)
     version = _baseline_version(settings, chosen, current_champion(settings))
     client = mlflow.MlflowClient()
-    seen = [why for p in plans if (why := trained_on_held_out(client, settings.registered_model, version, p.sample_ds))]
+    seen = trained_on_held_out(client, settings.registered_model, version, [p.sample_ds for p in plans])
     if seen:
         raise ExperimentError(
-            f"baseline {chosen.label}: {seen[0]}; replay days after its training, or compare with "
+            f"baseline {chosen.label}: {seen}; replay days after its training, or compare with "
             "--baseline model=NAME (trained on each day's own past, as the challenger is)"
         )
     name = name or f"{model}-vs-{chosen.label}-{first}..{last}"

@@ -89,7 +89,7 @@ def evaluate_and_gate(settings: Settings, training_set_uri: str, eval_ds: str, c
         settings.tasks,
         rules,
     )
-    seen = trained_on_held_out(client, name, champion_version, eval_ds)
+    seen = trained_on_held_out(client, name, champion_version, [eval_ds])
     if seen:
         decision = replace(decision, passed=False, reasons=[seen, *decision.reasons])
     matrix = decision.format_matrix()
@@ -239,8 +239,8 @@ def alias_history(settings: Settings) -> list[dict]:
     return [json.loads(tags[key]) for key in sorted(tags) if key.startswith("alias_history.")]
 
 
-def trained_on_held_out(client: MlflowClient, name: str, version: str | None, eval_ds: str) -> str:
-    """Why version `version` cannot be judged on day `eval_ds`'s held-out rows ('' when it can).
+def trained_on_held_out(client: MlflowClient, name: str, version: str | None, eval_days: list[str]) -> str:
+    """Why version `version` cannot be judged on the held-out rows of `eval_days` ('' when it can).
 
     A version trained on `eval_ds` has seen those rows: beside it, any challenger looks worse. That is
     the case of a backfill into the past while the champion was trained on later days, and of a replay
@@ -249,7 +249,8 @@ def trained_on_held_out(client: MlflowClient, name: str, version: str | None, ev
         return ""
     run_id = client.get_model_version(name, version).run_id
     train_days = client.get_run(run_id).data.params.get("train_days", "").split(",")
-    if eval_ds not in train_days:
+    eval_ds = next((day for day in eval_days if day in train_days), None)
+    if eval_ds is None:
         return ""
     return (
         f"v{version} was trained on {eval_ds} ({', '.join(train_days)}), the day whose held-out rows judge "
