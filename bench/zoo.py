@@ -110,6 +110,7 @@ def train_one(job: Job) -> dict:
         "train_rows": len(train),
         "epochs_run": len(fitted.history),
         "best_epoch": fitted.best_epoch,
+        "valid_loss": min((h["valid_loss"] for h in fitted.history if "valid_loss" in h), default=None),
         "auc": {(c["scenario"], c["task"]): c["auc"] for c in cells},
     }
 
