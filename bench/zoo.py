@@ -71,6 +71,7 @@ class Job:
     epochs: int  # with patience: the most
     patience: int = 0  # > 0: early stopping on the last training day
     lr: float = 2e-3
+    weight_decay: float = 0.0  # Adam's L2 on every parameter, id tables included
 
 
 def train_one(job: Job) -> dict:
@@ -97,7 +98,8 @@ def train_one(job: Job) -> dict:
     train, held_out = encode(train_table, spec), encode(eval_table, spec)
     torch.manual_seed(seed)
     model = build_model(name, spec)
-    config = TrainConfig(epochs=job.epochs, batch_size=2048, lr=job.lr, seed=seed, patience=job.patience)
+    config = TrainConfig(epochs=job.epochs, batch_size=2048, lr=job.lr, weight_decay=job.weight_decay, seed=seed,
+                         patience=job.patience)  # fmt: skip
     fitted = fit(model, train, valid, config)
     cells = score_cells(model, held_out, settings.scenarios, settings.tasks)
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _own_peak_rss()
@@ -145,10 +147,11 @@ def table(results: list[dict], oracle: dict, cells: list[tuple[str, str]]) -> st
     return "\n".join(lines)
 
 
-def record(text: str) -> None:
+def record(text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put `text` (which starts with `begin` and ends with `end`) in place of that section of docs/benchmarks.md."""
     doc = DOC.read_text()
-    if BEGIN in doc:
-        doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END) :]
+    if begin in doc:
+        doc = doc[: doc.index(begin)] + text + doc[doc.index(end) + len(end) :]
     else:
         doc = doc.rstrip("\n") + "\n\n" + text + "\n"
     DOC.write_text(doc)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.zoo import Job, train_one  # noqa: E402
+from bench.zoo import Job, record, train_one  # noqa: E402
 from bench.zoo_world import make_world, reference_learners  # noqa: E402
 from msmt.settings import Settings  # noqa: E402
 from pipeline.simulate import WORLDS  # noqa: E402
@@ -45,6 +45,7 @@ from pipeline.simulate import WORLDS  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "zoo_world_1m.jsonl"
 LRS = (1e-2, 3e-2)  # 2e-3 left MMoE improving at 12 epochs (docs/benchmarks.md)
 BASELINE = "mmoe"
+BEGIN, END = "<!-- zoo-tuned:begin -->", "<!-- zoo-tuned:end -->"
 
 
 def cell_name(cell: tuple[str, str]) -> str:
@@ -198,6 +199,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--parallel", type=int, default=1, help="trainings at once (one core each)")
     parser.add_argument("--report", action="store_true", help="only merge and print what the results hold")
+    parser.add_argument("--record", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args()
     if args.patience < 1:
         parser.error("--patience must be at least 1: the learning rate is chosen on the validation loss")
@@ -209,7 +211,7 @@ def main() -> None:
     settings = Settings(home=Path(tempfile.gettempdir()))  # the world's scenarios and tasks
     cells = [f"{s}/{t}" for s in settings.scenarios for t in settings.tasks]
     if args.report:
-        log(report(records, cells, lrs, args.seeds))
+        finish(report(records, cells, lrs, args.seeds), args.record)
         return
 
     def save(record: dict) -> None:
@@ -245,7 +247,13 @@ def main() -> None:
                         "auc": {cell_name(c): v for c, v in auc.items()},
                     }
                 )
-    log(report(records, cells, lrs, args.seeds))
+    finish(report(records, cells, lrs, args.seeds), args.record)
+
+
+def finish(table: str, to_docs: bool) -> None:
+    print(table, flush=True)
+    if to_docs:
+        record(f"{BEGIN}\n{table}\n{END}", BEGIN, END)
 
 
 if __name__ == "__main__":

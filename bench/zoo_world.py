@@ -414,9 +414,10 @@ def report(world: dict, stats: dict, refs: dict, mmoe: list[dict], cells: list) 
     return "\n".join(lines)
 
 
-def run_mmoe(world: dict, seed: int, epochs: int, patience: int, lr: float) -> dict:
+def run_mmoe(world: dict, seed: int, epochs: int, patience: int, lr: float, weight_decay: float) -> dict:
     started = time.perf_counter()
-    result = train_one(Job(world["settings"], world["uri"], world["eval_ds"], "mmoe", seed, epochs, patience, lr))
+    job = Job(world["settings"], world["uri"], world["eval_ds"], "mmoe", seed, epochs, patience, lr, weight_decay)
+    result = train_one(job)
     result["seconds"] = time.perf_counter() - started
     return result
 
@@ -429,6 +430,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="MMoE epochs (with --patience: the most)")
     parser.add_argument("--patience", type=int, default=0, help="MMoE: early stopping on the last training day")
     parser.add_argument("--lr", type=float, default=2e-3, help="MMoE: Adam's learning rate (bench/zoo.py's default)")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="MMoE: Adam's L2 on every parameter")
     parser.add_argument("--sim-seed", type=int, default=0)
     parser.add_argument("--dim", type=int, default=8, help="the ceiling's latent dim (the world's is 8)")
     parser.add_argument("--max-epochs", type=int, default=10, help="the reference learners' epoch limit")
@@ -454,7 +456,7 @@ def main() -> None:
             seeds = args.seeds[:1] if args.curve else args.seeds
             mmoe = []
             for seed in seeds:
-                mmoe.append(run_mmoe(world, seed, args.epochs, args.patience, args.lr))
+                mmoe.append(run_mmoe(world, seed, args.epochs, args.patience, args.lr, args.weight_decay))
                 r = mmoe[-1]
                 log(
                     f"  MMoE seed {seed}: mean AUC {_mean(r['auc'], cells):.4f} in {r['seconds']:.0f} s "
