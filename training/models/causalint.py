@@ -20,8 +20,17 @@ Resolutions (not paper text; each a config flag):
 - `inv_dims` / `spec_dims`: ReLU MLPs on the flat embeddings (the scenario id is an
   ordinary field, which the adversary teaches f_inv to ignore); every scenario's
   f_j runs on every row, so the counterfactuals h_j (j ≠ s) are available.
-- `grl_scale` λ = 0.1: the gradient-reversal coefficient of the adversarial scenario
-  classifier on h_inv; `adv_weight`, `cls_weight`, `orth_weight`, `grad_orth_weight`
+- `adversary="confusion"`: the scenario classifier C on h_inv learns the scenario from a
+  detached h_inv, and f_inv is trained to make the (frozen) C's prediction uniform:
+  CE(uniform, softmax C(h_inv)) >= log S, bounded. "reversal" = MODELS.md's gradient-reversal
+  layer (f_inv maximises C's CE × `grl_scale`); its loss is unbounded above, because f_inv
+  can push the unbounded ReLU output h_inv to make C ever more confidently wrong. On the
+  ZOO world at lr 0.01 it did: L_adv grew from 40 to 149,000 over 6 epochs and the towers
+  collapsed to the base rates (AUC 0.5 in every cell; docs/benchmarks.md). Confusion is the
+  domain-confusion loss of Tzeng et al. (ICCV 2015); the paper says only that scenario
+  information is squeezed out of the shared representation.
+- `grl_scale` λ = 0.1: the weight of f_inv's side of that game (the GRL's coefficient
+  under "reversal"); `adv_weight`, `cls_weight`, `orth_weight`, `grad_orth_weight`
   weigh L_adv, L_cls, L_orth, L_grad (values not published).
 - `orth_form`: "sample" = mean_b (û_inv,b · û_s,b)² over L2-normalised rows (MODELS.md);
   "batch" = ‖Û_invᵀ Û_s‖_F² / B² (Domain Separation Networks' difference loss).
@@ -73,6 +82,7 @@ from training.models.base import ModelConfig, MsmtModel
 _ORTH_FORMS = ("sample", "batch")
 _ORTH_INPUTS = ("pre_activation", "post_activation")
 _GRAD_PENALTIES = ("conflict", "cos2")
+_ADVERSARIES = ("confusion", "reversal")
 
 
 @dataclass
@@ -82,7 +92,8 @@ class CausalIntConfig(ModelConfig):
     transnet_hidden: int = 32  # width of the counterfactual scoring MLP [R]
     tower_dims: tuple[int, ...] = (64,)  # hidden widths of each tower, then Linear → 1
     scenario_towers: bool = True  # Tower_{s,t} (True) or Tower_t (False) [R]
-    grl_scale: float = 0.1  # λ of the gradient-reversal layer [R, MODELS.md]
+    adversary: str = "confusion"  # "confusion": f_inv makes C uniform (bounded) | "reversal": GRL [R, MODELS.md]
+    grl_scale: float = 0.1  # λ: weight of f_inv's side of the adversarial game (the GRL's coefficient) [R, MODELS.md]
     adv_weight: float = 1.0  # λ_adv [R]
     cls_weight: float = 0.1  # λ_cls [R]
     orth_weight: float = 0.1  # λ_orth [R]
@@ -110,6 +121,8 @@ class CausalIntConfig(ModelConfig):
             raise ValueError(f"need transnet_hidden >= 1 and orth_form in {_ORTH_FORMS}")
         if self.orth_input not in _ORTH_INPUTS or self.grad_penalty not in _GRAD_PENALTIES:
             raise ValueError(f"need orth_input in {_ORTH_INPUTS} and grad_penalty in {_GRAD_PENALTIES}")
+        if self.adversary not in _ADVERSARIES:
+            raise ValueError(f"adversary must be one of {_ADVERSARIES}, got {self.adversary!r}")
         weights = (self.grl_scale, self.adv_weight, self.cls_weight, self.orth_weight, self.grad_orth_weight)
         if min(weights) < 0:
             raise ValueError(f"grl_scale and loss weights must be >= 0, got {weights}")
@@ -167,16 +180,26 @@ class CausalIntTransNet(nn.Module):
 
 
 class CausalIntAdversary(nn.Module):
-    """Scenario classifier behind a gradient-reversal layer: trains f_inv to hide the scenario."""
+    """Scenario classifier C on h_inv, and the game that trains f_inv to hide the scenario from it."""
 
-    def __init__(self, d: int, n_scenarios: int, scale: float) -> None:
+    def __init__(self, d: int, n_scenarios: int, scale: float, objective: str = "confusion") -> None:
         super().__init__()
-        self.scale = scale
+        self.scale, self.objective = scale, objective
         self.classifier = nn.Linear(d, n_scenarios)
 
     def forward(self, h_inv: torch.Tensor) -> torch.Tensor:
-        """h_inv `(B, D)` → scenario logits `(B, S)`; the gradient into h_inv is × −scale."""
+        """h_inv `(B, D)` → scenario logits `(B, S)` behind the GRL: the gradient into h_inv is × −scale."""
         return self.classifier(GradientReversal.apply(h_inv, self.scale))  # (B, S)
+
+    def loss(self, h_inv: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        """L_adv of h_inv `(B, D)`: C learns the scenario; f_inv maximises C's loss ("reversal") or
+        makes C's prediction uniform ("confusion", each side trained by its own term only)."""
+        if self.objective == "reversal":
+            return F.cross_entropy(self(h_inv), scenario)
+        learn = F.cross_entropy(self.classifier(h_inv.detach()), scenario)  # trains C only
+        frozen = F.linear(h_inv, self.classifier.weight.detach(), self.classifier.bias.detach())  # (B, S)
+        confuse = -frozen.log_softmax(-1).mean()  # CE(uniform, C(h_inv)) >= log S; trains f_inv only
+        return learn + self.scale * confuse
 
 
 class CausalInt(MsmtModel):
@@ -202,7 +225,7 @@ class CausalInt(MsmtModel):
         self.specific = ParallelMLP(S, [d_in, *config.spec_dims], dropout=drop, activate_last=False, norm=norm)
         self.representation_dropout = nn.Dropout(config.dropout)
         self.transnet = CausalIntTransNet(D, config.transnet_hidden)
-        self.adversary = CausalIntAdversary(D, S, config.grl_scale)
+        self.adversary = CausalIntAdversary(D, S, config.grl_scale, config.adversary)
         self.scenario_classifier = nn.Linear(D, S)
         self.n_towers = S * self.n_tasks if config.scenario_towers else self.n_tasks
         tower_dims = [3 * D, *config.tower_dims, 1]
@@ -300,7 +323,7 @@ class CausalInt(MsmtModel):
         h_inv, h_s = fresh.h_inv.float(), fresh.h_s.float()  # (B, D) each; float even under autocast
         cfg, scenario, losses = self.config, batch["scenario"], {}
         if cfg.adv_weight > 0:
-            losses["adversarial"] = cfg.adv_weight * F.cross_entropy(self.adversary(h_inv), scenario)
+            losses["adversarial"] = cfg.adv_weight * self.adversary.loss(h_inv, scenario)
         if cfg.cls_weight > 0:
             losses["scenario_cls"] = cfg.cls_weight * F.cross_entropy(self.scenario_classifier(h_s), scenario)
         if cfg.orth_weight > 0:

@@ -1,4 +1,5 @@
-"""CausalInt: reversed adversary, orthogonality and gradient-conflict penalties, own towers, counterfactual TransNet."""
+"""CausalInt: the adversary (confusion or reversal), orthogonality and gradient-conflict penalties, own towers,
+counterfactual TransNet."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ CAUSALINT_LOSSES_OFF = {"adv_weight": 0.0, "cls_weight": 0.0, "orth_weight": 0.0
 @pytest.mark.parametrize("scale", [0.1, 0.3])
 def test_causalint_adversary_reverses_the_gradient(scale):
     """Gradient into h_inv through the GRL = −λ × the gradient of the same loss without it."""
-    model = build_model("causalint", SPEC, emb_dim=4, grl_scale=scale)
+    model = build_model("causalint", SPEC, emb_dim=4, grl_scale=scale, adversary="reversal")
     h = torch.randn(8, 64, requires_grad=True)
     s = torch.randint(0, 3, (8,))
     (with_grl, w_with) = torch.autograd.grad(
@@ -33,7 +34,7 @@ def test_causalint_adversary_reverses_the_gradient(scale):
 
 def test_causalint_adversarial_loss_reaches_the_shared_encoder_reversed():
     """Via extra_losses: the invariant encoder's gradient is −λ·λ_adv × that of the plain scenario CE."""
-    cfg = {**CAUSALINT_LOSSES_OFF, "grl_scale": 0.1, "adv_weight": 2.0}
+    cfg = {**CAUSALINT_LOSSES_OFF, "grl_scale": 0.1, "adv_weight": 2.0, "adversary": "reversal"}
     model = build_model("causalint", SPEC, emb_dim=4, **cfg)
     b = batch(16)
     logits = model(b)
@@ -47,6 +48,29 @@ def test_causalint_adversarial_loss_reaches_the_shared_encoder_reversed():
     assert any(r.abs().sum() > 0 for r in ref)
     for g, r in zip(got, ref, strict=True):
         assert torch.allclose(g, -0.1 * 2.0 * r, atol=1e-7)
+
+
+def test_causalint_confusion_trains_the_classifier_on_the_scenario_and_the_encoder_towards_uniform():
+    """Default adversary: C's gradient is that of its plain scenario CE (h_inv detached); f_inv's is
+    λ·λ_adv × that of CE(uniform, C(h_inv)) through a frozen C; the loss is bounded below by λ·λ_adv·log S."""
+    cfg = {**CAUSALINT_LOSSES_OFF, "grl_scale": 0.3, "adv_weight": 2.0}
+    model = build_model("causalint", SPEC, emb_dim=4, **cfg)
+    b = batch(16)
+    losses = model.extra_losses(b, model(b))
+    encoder, classifier = list(model.invariant.parameters()), list(model.adversary.classifier.parameters())
+    got_encoder = torch.autograd.grad(losses["adversarial"], encoder, retain_graph=True)
+    got_classifier = torch.autograd.grad(losses["adversarial"], classifier)
+
+    h_inv = F.relu(model.invariant(model.embedding.flat(b)))  # (B, D)
+    scenario_ce = F.cross_entropy(model.adversary.classifier(h_inv), b["scenario"])
+    uniform_ce = -model.adversary.classifier(h_inv).log_softmax(-1).mean()
+    ref_classifier = torch.autograd.grad(2.0 * scenario_ce, classifier)
+    ref_encoder = torch.autograd.grad(2.0 * 0.3 * uniform_ce, encoder)
+    assert any(r.abs().sum() > 0 for r in ref_encoder)
+    for g, r in zip((*got_encoder, *got_classifier), (*ref_encoder, *ref_classifier), strict=True):
+        assert torch.allclose(g, r, atol=1e-6)
+    n_scenarios = SPEC.n_scenarios
+    assert float(losses["adversarial"]) >= 2.0 * 0.3 * torch.log(torch.tensor(float(n_scenarios)))
 
 
 @pytest.mark.parametrize("form", ["sample", "batch"])
@@ -264,6 +288,7 @@ def test_causalint_config_errors():
         {"inv_dims": (32,), "spec_dims": (16,)},
         {"orth_form": "x"},
         {"grl_scale": -1.0},
+        {"adversary": "maximise"},
         {"orth_input": "relu"},
         {"grad_penalty": "pcgrad"},
     )
