@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import fmean
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -130,10 +131,6 @@ def run_record(result: dict, world: dict) -> dict:
 # --- report ----------------------------------------------------------------------------------------
 
 
-def _mean(values) -> float:
-    return statistics.fmean(values)
-
-
 def _sd(values: list[float]) -> str:
     return f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
 
@@ -147,7 +144,7 @@ def report(records: list[dict], cells: list[str], lrs: tuple[float, ...], seeds:
         if name in refs:
             values = [refs[name][c] for c in cells]
             lines.append(
-                f"| {name} | | | | " + " | ".join(f"{v:.4f}" for v in values) + f" | {_mean(values):.4f} | | | |"
+                f"| {name} | | | | " + " | ".join(f"{v:.4f}" for v in values) + f" | {fmean(values):.4f} | | | |"
             )
     chosen = {}
     for model in sorted({r["model"] for r in records if r["kind"] == "run"}):
@@ -155,30 +152,30 @@ def report(records: list[dict], cells: list[str], lrs: tuple[float, ...], seeds:
         if lr is not None:
             chosen[model] = {r["seed"]: r for r in runs(records, model) if r["lr"] == lr}
     mean_auc = {
-        m: {s: _mean([r["auc"][c] for c in cells]) for s, r in by_seed.items()} for m, by_seed in chosen.items()
+        m: {s: fmean([r["auc"][c] for c in cells]) for s, r in by_seed.items()} for m, by_seed in chosen.items()
     }
-    for model in sorted(chosen, key=lambda m: -_mean(mean_auc[m].values())):
+    for model in sorted(chosen, key=lambda m: -fmean(mean_auc[m].values())):
         by_seed = chosen[model]
         row = [model, f"{next(iter(by_seed.values()))['lr']:g}", str(len(by_seed))]
         row.append(", ".join(f"{r['epochs_run']} ({r['best_epoch'] + 1 if r['best_epoch'] is not None else '–'})"
                              for r in by_seed.values()))  # fmt: skip
-        row += [f"{_mean(v):.4f}{_sd(v)}" for v in ([r["auc"][c] for r in by_seed.values()] for c in cells)]
-        row.append(f"{_mean(mean_auc[model].values()):.4f}{_sd(list(mean_auc[model].values()))}")
+        row += [f"{fmean(v):.4f}{_sd(v)}" for v in ([r["auc"][c] for r in by_seed.values()] for c in cells)]
+        row.append(f"{fmean(mean_auc[model].values()):.4f}{_sd(list(mean_auc[model].values()))}")
         paired = sorted(set(by_seed) & set(mean_auc.get(BASELINE, {})))
         diffs = [mean_auc[model][s] - mean_auc[BASELINE][s] for s in paired]
         wins = sum(d > 0 for d in diffs)
-        row.append(f"{_mean(diffs):+.4f}{_sd(diffs)} ({wins}/{len(diffs)} seeds above)" if diffs and model != BASELINE
+        row.append(f"{fmean(diffs):+.4f}{_sd(diffs)} ({wins}/{len(diffs)} seeds above)" if diffs and model != BASELINE
                    else "")  # fmt: skip
         if "ceiling" in refs and "blind" in refs:
             shares = [
-                (_mean([r["auc"][c] for r in by_seed.values()]) - refs["blind"][c])
+                (fmean([r["auc"][c] for r in by_seed.values()]) - refs["blind"][c])
                 / (refs["ceiling"][c] - refs["blind"][c])
                 for c in cells
             ]
-            row.append(f"{min(shares):.0%} / {_mean(shares):.0%}")
+            row.append(f"{min(shares):.0%} / {fmean(shares):.0%}")
         else:
             row.append("")
-        row.append(f"{_mean([r['samples_per_s'] for r in by_seed.values()]):,.0f}")
+        row.append(f"{fmean([r['samples_per_s'] for r in by_seed.values()]):,.0f}")
         lines.append("| " + " | ".join(row) + " |")
     untuned = sorted({r["model"] for r in records if r["kind"] == "run"} - set(chosen))
     if untuned:
@@ -235,7 +232,7 @@ def main() -> None:
             for result in pool.imap_unordered(_train, jobs):
                 save(record := run_record(result, world))
                 log(f"  {record['model']} seed {record['seed']} lr {record['lr']:g}: mean AUC "
-                    f"{_mean(record['auc'].values()):.4f}, valid loss {record['valid_loss']:.5f}, "
+                    f"{fmean(record['auc'].values()):.4f}, valid loss {record['valid_loss']:.5f}, "
                     f"{record['epochs_run']} epochs in {record['seconds']:.0f} s")  # fmt: skip
         if references is not None:
             for name, auc in references.get().items():
